@@ -1,0 +1,224 @@
+"""Carry out a build plan against a real Docker engine.
+
+Each image's build context is staged in a temporary folder (the Dockerfile folder plus what
+the image needs: fetched sources, ``matlab/``, mex files, wheels), built with the classic
+builder through the Docker SDK with live output, and tagged only once the whole build has
+succeeded, so a failed build leaves no tag behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from kilosort_docker import engine, mexstage, sources
+from kilosort_docker.errors import UserError
+from kilosort_docker.pins import ROOT
+from kilosort_docker.plan import BuildPlan, BuildStep
+
+log = logging.getLogger(__name__)
+
+MATLAB_DIR = ROOT / "matlab"
+_STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image the build produced: its step, image ID (a sha256 digest), size in bytes and
+    build time in seconds."""
+
+    step: BuildStep
+    image_id: str
+    size: int
+    seconds: float
+
+
+@dataclass
+class BuildEvents:
+    """Hooks a front end uses to show progress; every one is optional."""
+
+    on_start: Callable[[BuildStep, int], None] = lambda step, index: None
+    on_step: Callable[[BuildStep, int, int, str], None] = lambda step, n, total, text: None
+    on_output: Callable[[BuildStep, str], None] = lambda step, line: None
+    on_done: Callable[[BuiltImage], None] = lambda built: None
+    log_lines: list[str] = field(default_factory=list)
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+@contextmanager
+def staged_context(step: BuildStep, plan: BuildPlan) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A temporary build context for ``step`` and its final build args.
+
+    Fetches and checks sources (kilosort3-code), stages mex files (kilosort3) or wheels
+    (kilosort4). Raises UserError if something the image needs is missing.
+    """
+    buildargs = dict(step.buildargs)
+    with tempfile.TemporaryDirectory(prefix=f"kilosort-docker-{step.spec.name}-") as tmp:
+        context = Path(tmp)
+        if not step.spec.dockerfile_dir.is_dir():
+            raise UserError(f"{step.spec.dockerfile_dir} is missing: restore it from git")
+        _copy_tree(step.spec.dockerfile_dir, context)
+        name = step.spec.name
+        if name == "kilosort3-code":
+            options = plan.options
+            for key, pin, repo, folder in (
+                ("KILOSORT_COMMIT", plan.pins.kilosort3, options.kilosort_repository,
+                 "kilosort"),
+                ("NPY_MATLAB_COMMIT", plan.pins.npy_matlab, options.npy_matlab_repository,
+                 "npy-matlab"),
+            ):
+                full = sources.export(pin, context / "src" / folder, repository=repo)
+                (context / "src" / f"{folder}.commit").write_text(full + "\n")
+                buildargs[key] = full
+            _copy_tree(MATLAB_DIR, context / "matlab")
+        elif name == "kilosort3":
+            mexstage.stage(plan, context / "mex")
+        elif name == "kilosort4":
+            wheels = context / "wheels"
+            wheels.mkdir(exist_ok=True)
+            if plan.options.wheelhouse:
+                found = sorted(Path(plan.options.wheelhouse).glob("*.whl"))
+                if not found:
+                    raise UserError(
+                        f"wheelhouse {plan.options.wheelhouse} holds no .whl files: "
+                        "point --wheelhouse at a folder of wheels"
+                    )
+                for wheel in found:
+                    shutil.copy2(wheel, wheels / wheel.name)
+            certs = context / "certs"
+            certs.mkdir(exist_ok=True)
+            if plan.options.ca_bundle:
+                shutil.copy2(plan.options.ca_bundle, certs / "ca-bundle.pem")
+        yield context, buildargs
+
+
+def _run_build(
+    client: docker.DockerClient,
+    step: BuildStep,
+    context: Path,
+    buildargs: dict[str, str],
+    *,
+    no_cache: bool,
+    events: BuildEvents,
+) -> str:
+    """Build without tagging; returns the image ID. Raises UserError on an in-band error."""
+    image_id = None
+    current = ""
+    stream = client.api.build(
+        path=str(context),
+        buildargs=buildargs,
+        labels=dict(step.labels),
+        nocache=no_cache,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+    )
+    for event in stream:
+        if "stream" in event:
+            for line in event["stream"].splitlines():
+                if not line.strip():
+                    continue
+                events.log_lines.append(line)
+                match = _STEP_RE.match(line)
+                if match:
+                    current = line
+                    events.on_step(step, int(match[1]), int(match[2]), match[3])
+                events.on_output(step, line)
+                built = re.match(r"^Successfully built ([0-9a-f]+)$", line)
+                if built and image_id is None:
+                    image_id = built[1]
+        if "aux" in event and isinstance(event["aux"], dict) and "ID" in event["aux"]:
+            image_id = event["aux"]["ID"]
+        if "error" in event:
+            detail = event.get("errorDetail", {}).get("message") or event["error"]
+            detail = " ".join(detail.split())
+            where = f" at {current[:120]}" if current else ""
+            raise UserError(
+                f"building {step.spec.name} failed{where}: {detail[:300]} "
+                "(fix that step; the build log is above)"
+            )
+    if image_id is None:
+        raise UserError(f"building {step.spec.name} ended without an image: rerun with --no-cache")
+    return image_id
+
+
+def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None:
+    """Tag ``image_id`` with every ref, or with none: on failure the old tags are restored."""
+    previous: dict[str, str | None] = {}
+    for ref in refs:
+        try:
+            previous[ref] = client.images.get(ref).id
+        except docker.errors.ImageNotFound:
+            previous[ref] = None
+    applied: list[str] = []
+    try:
+        for ref in refs:
+            repo, _, tag = ref.rpartition(":")
+            if not client.api.tag(image_id, repo, tag, force=True):
+                raise docker.errors.APIError(f"the engine refused tag {ref}")
+            applied.append(ref)
+    except docker.errors.DockerException as exc:
+        for ref in applied:
+            repo, _, tag = ref.rpartition(":")
+            if previous[ref]:
+                client.api.tag(previous[ref], repo, tag, force=True)
+            else:
+                client.api.remove_image(ref, noprune=True)
+        raise UserError(f"tagging {image_id[:19]} failed ({exc}); no tag was changed") from None
+
+
+def preflight(client: docker.DockerClient, plan: BuildPlan) -> None:
+    """Check each root image's base is present (pulling it if needed) before building."""
+    for step in plan.steps:
+        if step.spec.parent is None:
+            hint = "--base-image" if step.spec.external_base == "matlab" else "--python-base"
+            engine.ensure_base(client, step.base_image, hint=hint)
+
+
+def execute(
+    plan: BuildPlan,
+    client: docker.DockerClient,
+    *,
+    events: BuildEvents | None = None,
+) -> list[BuiltImage]:
+    """Build every step of ``plan`` in order, tagging each image once it is complete.
+
+    Raises UserError on the first failure; images already built keep their tags, the failed
+    one gets none.
+    """
+    events = events or BuildEvents()
+    preflight(client, plan)
+    results: list[BuiltImage] = []
+    for index, step in enumerate(plan.steps):
+        events.on_start(step, index)
+        started = time.monotonic()
+        with staged_context(step, plan) as (context, buildargs):
+            image_id = _run_build(
+                client, step, context, buildargs, no_cache=plan.options.no_cache, events=events
+            )
+        tag_all(client, image_id, step.refs)
+        image = client.images.get(image_id)
+        built = BuiltImage(
+            step=replace(step, buildargs=buildargs),
+            image_id=image.id,
+            size=int(image.attrs.get("Size", 0)),
+            seconds=time.monotonic() - started,
+        )
+        log.info("built %s as %s in %.0f s", step.refs[0], image.id[:19], built.seconds)
+        events.on_done(built)
+        results.append(built)
+    return results

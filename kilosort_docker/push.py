@@ -1,0 +1,148 @@
+"""Push built images to Docker Hub or any registry, scanning the stream for in-band errors.
+
+docker-py reports push failures inside an HTTP 200 stream, so a failed push looks like success
+unless every event is read. Credentials come from ``KILOSORT_DOCKER_REGISTRY_USER`` and
+``KILOSORT_DOCKER_REGISTRY_PASSWORD`` or from Docker's own config (``docker login``); they are
+never printed or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from kilosort_docker import tags
+from kilosort_docker.errors import UserError
+from kilosort_docker.plan import BuildPlan
+
+log = logging.getLogger(__name__)
+
+USER_ENV = "KILOSORT_DOCKER_REGISTRY_USER"
+PASSWORD_ENV = "KILOSORT_DOCKER_REGISTRY_PASSWORD"
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """One pushed reference and the registry's manifest digest for it (``sha256:...``)."""
+
+    ref: str
+    digest: str
+
+
+def credentials() -> dict[str, str] | None:
+    """Auth config from the environment, or None to use Docker's config (``docker login``).
+
+    Raises UserError if only one of the two variables is set.
+    """
+    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+    if bool(user) != bool(password):
+        raise UserError(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
+    return {"username": user, "password": password} if user else None
+
+
+def _scrub(text: str, secret: dict[str, str] | None) -> str:
+    if secret and secret.get("password"):
+        text = text.replace(secret["password"], "***")
+    return text
+
+
+def targets(plan: BuildPlan, *, registry: str | None, namespace: str | None) -> list[tuple[str, str]]:
+    """``(local ref, remote ref)`` pairs for every image and tag of ``plan``."""
+    pairs = []
+    ns = namespace or plan.options.namespace or plan.pins.namespace
+    for step in plan.steps:
+        remote_repo = tags.repository(step.spec, ns, registry)
+        for tag, local in zip(step.tags, step.refs, strict=True):
+            pairs.append((local, f"{remote_repo}:{tag}"))
+    return pairs
+
+
+def push_ref(
+    client: docker.DockerClient,
+    ref: str,
+    *,
+    auth: dict[str, str] | None,
+    on_event: Callable[[dict], None] = lambda event: None,
+) -> str:
+    """Push one reference; returns its manifest digest. Raises UserError on any error event."""
+    repo, _, tag = ref.rpartition(":")
+    digest = None
+    try:
+        stream = client.api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth)
+        for event in stream:
+            on_event(event)
+            if "error" in event:
+                detail = event.get("errorDetail", {}).get("message") or event["error"]
+                raise UserError(
+                    f"the registry refused {ref}: {_scrub(' '.join(detail.split()), auth)[:300]} "
+                    "(check the registry address, that it accepts pushes, and your login)"
+                )
+            aux = event.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = aux["Digest"]
+    except docker.errors.DockerException as exc:
+        raise UserError(
+            f"pushing {ref} failed: {_scrub(str(exc).splitlines()[0], auth)[:200]} "
+            "(check the registry address and your login)"
+        ) from None
+    if not digest:
+        raise UserError(f"the registry returned no digest for {ref}: check the registry")
+    return digest
+
+
+def push(
+    plan: BuildPlan,
+    client: docker.DockerClient,
+    *,
+    registry: str | None = None,
+    namespace: str | None = None,
+    on_event: Callable[[str, dict], None] = lambda ref, event: None,
+) -> list[Pushed]:
+    """Push every image of ``plan`` (built beforehand) to ``registry`` (Docker Hub if None).
+
+    Tags each local image with the remote reference first; on failure the remote tags added
+    here are removed again. Raises UserError if an image is missing or the registry refuses.
+    """
+    auth = credentials()
+    pairs = targets(plan, registry=registry, namespace=namespace)
+    for local, _ in pairs:
+        try:
+            client.images.get(local)
+        except docker.errors.ImageNotFound:
+            raise UserError(f"{local} is not built: run `invoke build` first") from None
+    added: list[str] = []
+    results: list[Pushed] = []
+    try:
+        for local, remote in pairs:
+            if remote != local:
+                repo, _, tag = remote.rpartition(":")
+                existed = _exists(client, remote)
+                client.api.tag(local, repo, tag, force=True)
+                if not existed:
+                    added.append(remote)
+            log.info("pushing %s", remote)
+            digest = push_ref(
+                client, remote, auth=auth, on_event=lambda e, r=remote: on_event(r, e)
+            )
+            results.append(Pushed(remote, digest))
+    except UserError:
+        for remote in added:
+            try:
+                client.api.remove_image(remote, noprune=True)
+            except docker.errors.DockerException:
+                log.warning("could not remove tag %s", remote)
+        raise
+    return results
+
+
+def _exists(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True

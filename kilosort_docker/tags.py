@@ -1,0 +1,114 @@
+"""Tags and labels for an image of the stack.
+
+Tags tie an image to the Kilosort version and MATLAB release it carries
+(``kilosort3:3.0.2-r2022b``), plus an immutable tag with the build number from ``VERSION``
+(``kilosort3:3.0.2-r2022b-b1``). Labels follow the OCI image spec's annotation keys and add
+the project's own under ``io.kilosort-docker.``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+
+from kilosort_docker.pins import ROOT, Pins
+from kilosort_docker.profiles import DEFAULT_PROFILE, Profile
+from kilosort_docker.stack import ImageSpec
+
+LABEL_PREFIX = "io.kilosort-docker"
+
+
+def repository(spec: ImageSpec, namespace: str, registry: str | None = None) -> str:
+    """``[registry/]namespace/name``, e.g. ``127.0.0.1:5000/kilosortdocker/kilosort3``."""
+    parts = [p.strip("/") for p in (registry, namespace) if p]
+    return "/".join([*parts, spec.name])
+
+
+def version_tag(spec: ImageSpec, profile: Profile, pins: Pins) -> str:
+    """The moving tag: what the image holds (``3.0.2-r2022b``, ``r2022b``, ``4.1.7``)."""
+    if spec.kilosort == "kilosort4":
+        return pins.kilosort4_version
+    if spec.kilosort == "kilosort3":
+        return f"{pins.kilosort3.version}-{profile.name}"
+    return profile.name
+
+
+def tags(spec: ImageSpec, profile: Profile, pins: Pins) -> list[str]:
+    """Tags for ``spec``, immutable one first: ``[3.0.2-r2022b-b1, 3.0.2-r2022b, latest?]``.
+
+    ``latest`` goes only to images of the default profile (and to ``kilosort4``).
+    """
+    moving = version_tag(spec, profile, pins)
+    result = [f"{moving}-b{pins.release.build}", moving]
+    if not spec.per_profile or profile.name == DEFAULT_PROFILE:
+        result.append("latest")
+    return result
+
+
+def git_revision() -> str:
+    """This repository's commit (with ``-dirty`` for local changes), or ``unknown``."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev
+
+
+def created_timestamp() -> str:
+    """RFC 3339 UTC time; honours ``SOURCE_DATE_EPOCH`` for reproducible builds."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (
+        dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc)
+        if epoch
+        else dt.datetime.now(tz=dt.timezone.utc).replace(microsecond=0)
+    )
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def labels(
+    spec: ImageSpec,
+    profile: Profile,
+    pins: Pins,
+    *,
+    base_name: str,
+    revision: str,
+    created: str,
+) -> dict[str, str]:
+    """OCI and project labels for ``spec``.
+
+    ``base_name`` is the image it is built ``FROM``; ``revision`` this repository's commit.
+    The Kilosort commit label is set by the Dockerfile from the commit actually checked out.
+    """
+    result = {
+        "org.opencontainers.image.title": spec.name,
+        "org.opencontainers.image.description": spec.title,
+        "org.opencontainers.image.version": tags(spec, profile, pins)[0],
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.source": pins.source_url,
+        "org.opencontainers.image.created": created,
+        "org.opencontainers.image.base.name": base_name,
+        f"{LABEL_PREFIX}.image": spec.name,
+        f"{LABEL_PREFIX}.release": str(pins.release),
+    }
+    if spec.per_profile:
+        result.update(
+            {
+                f"{LABEL_PREFIX}.profile": profile.name,
+                f"{LABEL_PREFIX}.matlab.release": profile.matlab_release,
+                f"{LABEL_PREFIX}.cuda.version": profile.cuda,
+            }
+        )
+    if spec.kilosort == "kilosort3":
+        result[f"{LABEL_PREFIX}.kilosort.version"] = pins.kilosort3.version
+    elif spec.kilosort == "kilosort4":
+        result[f"{LABEL_PREFIX}.kilosort.version"] = pins.kilosort4_version
+        result[f"{LABEL_PREFIX}.torch.version"] = pins.torch_version
+    return result

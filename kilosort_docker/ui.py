@@ -1,0 +1,127 @@
+"""Terminal output for the front ends: live build progress and summary tables (rich)."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import TimeElapsedColumn
+from rich.table import Table
+
+from kilosort_docker.build import BuildEvents, BuiltImage
+from kilosort_docker.plan import BuildPlan, BuildStep
+from kilosort_docker.profiles import PROFILES
+from kilosort_docker.push import Pushed
+from kilosort_docker.stack import STACK
+
+console = Console(stderr=False, highlight=False)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One rich handler on the root logger; INFO by default, DEBUG with ``verbose``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
+        force=True,
+    )
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("docker").setLevel(logging.WARNING)
+
+
+class ProgressEvents(BuildEvents):
+    """Build events shown as a progress bar per image, with the build output above it."""
+
+    def __init__(self, progress: Progress, plan: BuildPlan) -> None:
+        super().__init__()
+        self.progress = progress
+        self.tasks = {
+            step.spec.name: progress.add_task(step.spec.name, total=None, start=False)
+            for step in plan.steps
+        }
+        self.on_start = self._start
+        self.on_step = self._step
+        self.on_output = self._output
+        self.on_done = self._done
+
+    def _start(self, step: BuildStep, index: int) -> None:
+        self.progress.start_task(self.tasks[step.spec.name])
+
+    def _step(self, step: BuildStep, number: int, total: int, text: str) -> None:
+        self.progress.update(
+            self.tasks[step.spec.name], total=total, completed=number - 1,
+            description=f"{step.spec.name}: {text[:60]}",
+        )
+
+    def _output(self, step: BuildStep, line: str) -> None:
+        self.progress.console.print(f"{step.spec.name} | {line}", markup=False, highlight=False)
+
+    def _done(self, built: BuiltImage) -> None:
+        task = self.tasks[built.step.spec.name]
+        total = self.progress.tasks[task].total or 1
+        self.progress.update(task, completed=total, description=f"{built.step.spec.name}: done")
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e9 else f"{num_bytes / 1e6:.0f} MB"
+
+
+def built_table(built: list[BuiltImage]) -> Table:
+    table = Table(title="Built images")
+    for column in ("image", "tags", "size", "build time", "image ID (digest)"):
+        table.add_column(column)
+    for item in built:
+        table.add_row(
+            item.step.repository,
+            "\n".join(item.step.tags),
+            _size(item.size),
+            f"{item.seconds:.0f} s",
+            item.image_id,
+        )
+    return table
+
+
+def pushed_table(pushed: list[Pushed]) -> Table:
+    table = Table(title="Pushed")
+    table.add_column("reference")
+    table.add_column("manifest digest")
+    for item in pushed:
+        table.add_row(item.ref, item.digest)
+    return table
+
+
+def stack_table() -> Table:
+    table = Table(title="Image stack (parents first)")
+    for column in ("image", "parent", "needs a license to run", "what it holds"):
+        table.add_column(column)
+    for spec in STACK:
+        parent = spec.parent or f"{spec.external_base} base image"
+        table.add_row(spec.name, parent, "yes" if spec.needs_license else "no", spec.title)
+    return table
+
+
+def profiles_table(default: str) -> Table:
+    table = Table(title="Release profiles")
+    for column in ("profile", "MATLAB", "base image", "Ubuntu", "CUDA", "compiler", "gencode"):
+        table.add_column(column)
+    for name, p in PROFILES.items():
+        label = f"{name} (default)" if name == default else name
+        if not p.verified:
+            label += " (inferred)"
+        gencode = ", ".join(g.code for g in p.gencode)
+        table.add_row(label, p.matlab_release, p.base_image, p.ubuntu, p.cuda,
+                      p.host_compiler, gencode)
+    return table

@@ -1,0 +1,134 @@
+"""Invoke tasks for kilosort-docker: a thin front end over the ``kilosort_docker`` package.
+
+Run ``invoke --list`` for the tasks and ``invoke <task> --help`` for each one's flags.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from invoke import Exit, task
+
+from kilosort_docker import commands, ui
+from kilosort_docker.errors import UserError
+from kilosort_docker.profiles import DEFAULT_PROFILE
+
+BUILD_HELP = {
+    "profile": f"release profile (default {DEFAULT_PROFILE}; `invoke profiles` lists them)",
+    "image": "build only this image and its parents (repeatable; `invoke stack` lists them)",
+    "dry_run": "print the plan (images, order, build args, tags) and build nothing",
+    "no_cache": "build without Docker's layer cache",
+    "cuda": "CUDA toolkit version; must match the profile unless --allow-cuda-mismatch",
+    "allow_cuda_mismatch": "accept a CUDA version the MATLAB release does not expect (experts)",
+    "base_image": "MATLAB base image instead of the profile's (a mirror or air-gapped registry)",
+    "mpm_url": "where to download MPM from instead of MathWorks (a mirror)",
+    "python_base": "base image for kilosort4 instead of the pinned Python image",
+    "kilosort_repo": "fetch Kilosort from this URL or local path instead of GitHub",
+    "kilosort_commit": "build this Kilosort commit instead of the pinned one (testing a fix)",
+    "npy_matlab_repo": "fetch npy-matlab from this URL or local path instead of GitHub",
+    "npy_matlab_commit": "build this npy-matlab commit instead of the pinned one",
+    "wheelhouse": "folder of wheels pip may install from in the kilosort4 image",
+    "ca_bundle": "PEM file of CA certificates pip should trust while building (TLS proxy)",
+    "mex_binaries": "folder of committed mex binaries (default mex-binaries/)",
+    "namespace": "repository namespace (default from kilosort-docker.toml)",
+    "verbose": "show debug logging",
+}
+
+
+def _user_errors(func):
+    """Turn a UserError into invoke's Exit: one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+
+    return wrapper
+
+
+def _flags(**kwargs):
+    verbose = kwargs.pop("verbose", False)
+    ui.setup_logging(verbose)
+    return kwargs
+
+
+@task(iterable=["image"], help=BUILD_HELP, auto_shortflags=False)
+@_user_errors
+def build(
+    c,
+    profile: str = DEFAULT_PROFILE,
+    image=None,
+    dry_run: bool = False,
+    no_cache: bool = False,
+    cuda: str | None = None,
+    allow_cuda_mismatch: bool = False,
+    base_image: str | None = None,
+    mpm_url: str | None = None,
+    python_base: str | None = None,
+    kilosort_repo: str | None = None,
+    kilosort_commit: str | None = None,
+    npy_matlab_repo: str | None = None,
+    npy_matlab_commit: str | None = None,
+    wheelhouse: str | None = None,
+    mex_binaries: str | None = None,
+    ca_bundle: str | None = None,
+    namespace: str | None = None,
+    verbose: bool = False,
+):
+    """Build the Kilosort image stack (or --image NAME and its parents) on the Docker engine."""
+    flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
+    flags["images"] = flags.pop("image") or None
+    commands.build(**flags)
+
+
+@task(
+    iterable=["image"],
+    auto_shortflags=False,
+    help={
+        **{k: BUILD_HELP[k] for k in ("profile", "image", "namespace", "verbose")},
+        "registry": "registry host[:port] to push to (default Docker Hub)",
+        "dry_run": "print what would be pushed, and push nothing",
+    },
+)
+@_user_errors
+def push(
+    c,
+    registry: str | None = None,
+    profile: str = DEFAULT_PROFILE,
+    image=None,
+    namespace: str | None = None,
+    dry_run: bool = False,
+    verbose: bool = False,
+):
+    """Push built images to Docker Hub or --registry; credentials from env or `docker login`."""
+    flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
+    flags["images"] = flags.pop("image") or None
+    commands.push(**flags)
+
+
+@task
+def stack(c):
+    """List the images of the stack with their parents."""
+    ui.console.print(ui.stack_table())
+
+
+@task
+def profiles(c):
+    """List the release profiles: MATLAB release, base image, Ubuntu, CUDA, compiler."""
+    ui.console.print(ui.profiles_table(DEFAULT_PROFILE))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "profile": "remove only this profile's images (default: all of the project's images)",
+        "dry_run": "list what would be removed, and remove nothing",
+    }
+)
+@_user_errors
+def clean(c, profile: str | None = None, dry_run: bool = False):
+    """Remove the images this project built (found by their labels)."""
+    ui.setup_logging()
+    commands.clean(profile=profile, dry_run=dry_run)

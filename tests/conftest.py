@@ -1,0 +1,161 @@
+"""Shared fixtures: a real Docker engine, locally made base images, stand-ins, a registry.
+
+Set ``KILOSORT_DOCKER_REQUIRE_DOCKER=1`` (CI does) to fail instead of skipping when the
+engine or a tool the integration tests need is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import support  # noqa: E402
+
+from kilosort_docker import engine  # noqa: E402
+from kilosort_docker.errors import UserError  # noqa: E402
+
+REQUIRE = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
+
+
+def _missing(reason: str):
+    if REQUIRE:
+        pytest.fail(f"{reason} (KILOSORT_DOCKER_REQUIRE_DOCKER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = engine.connect(timeout=3600)
+    except UserError as exc:
+        _missing(str(exc))
+    yield client
+    # Always clean up: remove the test namespace's tags, keeping layers as build cache.
+    for image in client.images.list():
+        for ref in image.tags:
+            if ref.startswith(f"{support.NAMESPACE}/") and ref not in _KEEP:
+                with contextlib.suppress(Exception):
+                    client.api.remove_image(ref, noprune=True)
+            elif ref.startswith("127.0.0.1:"):
+                with contextlib.suppress(Exception):
+                    client.api.remove_image(ref, noprune=True)
+
+
+_KEEP = {support.DEBIAN_IMAGE, support.PYTHON_IMAGE, support.MATLAB_STANDIN_IMAGE}
+
+
+@pytest.fixture(scope="session")
+def debian_base(docker_client):
+    if shutil.which("debootstrap") is None:
+        try:
+            docker_client.images.get(support.DEBIAN_IMAGE)
+        except Exception:
+            _missing("debootstrap is not installed (apt-get install debootstrap)")
+    return support.debootstrap_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def python_base(docker_client, debian_base):
+    return support.build_dockerfile(
+        docker_client, support.TESTS / "images" / "python-base", support.PYTHON_IMAGE,
+        buildargs={"BASE_IMAGE": debian_base},
+    )
+
+
+@pytest.fixture(scope="session")
+def matlab_standin(docker_client, debian_base):
+    """The stand-in MATLAB base image (tests only)."""
+    return support.build_dockerfile(
+        docker_client, support.STANDINS / "matlab-base", support.MATLAB_STANDIN_IMAGE,
+        buildargs={"BASE_IMAGE": debian_base, "MATLAB_RELEASE": "R2022b"},
+    )
+
+
+@pytest.fixture(scope="session")
+def mpm_server():
+    """Stand-in MPMs served over HTTP on 127.0.0.1; yields the base URL."""
+    with support.http_server(support.STANDINS / "mpm") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def fixture_repos(tmp_path_factory):
+    """Local git repositories standing in for MouseLand/Kilosort and kwikteam/npy-matlab."""
+    root = tmp_path_factory.mktemp("repos")
+    ks_commit = support.make_repo(root / "Kilosort", support.kilosort_fixture_files(),
+                                  tag="v3.0.2")
+    npy_commit = support.make_repo(root / "npy-matlab", support.npy_fixture_files())
+    return {
+        "kilosort": (root / "Kilosort", ks_commit),
+        "npy_matlab": (root / "npy-matlab", npy_commit),
+    }
+
+
+@pytest.fixture(scope="session")
+def git_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory):
+    """A folder with a CPU-only torch wheel, if this machine has one (keeps the image small)."""
+    folder = tmp_path_factory.mktemp("wheels")
+    for place in filter(None, [os.environ.get("KILOSORT_DOCKER_TEST_WHEELS"), "/opt/wheels"]):
+        for wheel in Path(place).glob("torch-*+cpu-*.whl"):
+            shutil.copy2(wheel, folder / wheel.name)
+    return folder if any(folder.iterdir()) else None
+
+
+@pytest.fixture(scope="session")
+def kilosort3_stack(docker_client, matlab_standin, mpm_server, fixture_repos, git_cache,
+                    tmp_path_factory):
+    """The Kilosort3 chain built for real on the stand-in MATLAB base, from fixture repos."""
+    from kilosort_docker import build, commands
+
+    ks_path, ks_commit = fixture_repos["kilosort"]
+    npy_path, _ = fixture_repos["npy_matlab"]
+    mex_root = tmp_path_factory.mktemp("mex-binaries")
+    support.write_standin_mex(mex_root / "r2022b" / ks_commit, profile="r2022b", commit=ks_commit)
+    plan = commands.make_plan(
+        images=["kilosort3"],
+        base_image=matlab_standin,
+        mpm_url=f"{mpm_server}/mpm",
+        kilosort_repo=str(ks_path),
+        kilosort_commit=ks_commit,
+        npy_matlab_repo=str(npy_path),
+        npy_matlab_commit=fixture_repos["npy_matlab"][1],
+        mex_binaries=str(mex_root),
+        namespace=support.NAMESPACE,
+    )
+    built = build.execute(plan, docker_client)
+    return {"plan": plan, "built": {b.step.spec.name: b for b in built}, "mex_root": mex_root}
+
+
+@pytest.fixture(scope="session")
+def kilosort4_image(docker_client, python_base, wheelhouse):
+    """The kilosort4 image built for real from the local Python base (tag of the image)."""
+    from kilosort_docker import build, commands
+
+    plan = commands.make_plan(
+        images=["kilosort4"],
+        python_base=python_base,
+        wheelhouse=str(wheelhouse) if wheelhouse else None,
+        ca_bundle=os.environ.get("PIP_CERT") or None,
+        namespace=support.NAMESPACE,
+    )
+    built = build.execute(plan, docker_client)
+    return built[-1].step.refs[0]
