@@ -125,7 +125,7 @@ def profiles(c):
     help={
         "profile": "remove only this profile's images (default: all of the project's images)",
         "dry_run": "list what would be removed, and remove nothing",
-    }
+    },
 )
 @_user_errors
 def clean(c, profile: str | None = None, dry_run: bool = False):

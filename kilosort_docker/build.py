@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import docker
 import docker.errors
 
+import docker
 from kilosort_docker import engine, mexstage, sources
 from kilosort_docker.errors import UserError
 from kilosort_docker.pins import ROOT
@@ -75,10 +75,13 @@ def staged_context(step: BuildStep, plan: BuildPlan) -> Iterator[tuple[Path, dic
         if name == "kilosort3-code":
             options = plan.options
             for key, pin, repo, folder in (
-                ("KILOSORT_COMMIT", plan.pins.kilosort3, options.kilosort_repository,
-                 "kilosort"),
-                ("NPY_MATLAB_COMMIT", plan.pins.npy_matlab, options.npy_matlab_repository,
-                 "npy-matlab"),
+                ("KILOSORT_COMMIT", plan.pins.kilosort3, options.kilosort_repository, "kilosort"),
+                (
+                    "NPY_MATLAB_COMMIT",
+                    plan.pins.npy_matlab,
+                    options.npy_matlab_repository,
+                    "npy-matlab",
+                ),
             ):
                 full = sources.export(pin, context / "src" / folder, repository=repo)
                 (context / "src" / f"{folder}.commit").write_text(full + "\n")

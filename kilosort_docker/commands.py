@@ -99,7 +99,10 @@ def push(
         return []
     client = engine.connect()
     pushed = push_mod.push(
-        the_plan, client, registry=registry, namespace=namespace,
+        the_plan,
+        client,
+        registry=registry,
+        namespace=namespace,
         on_event=lambda ref, event: log.debug("%s: %s", ref, event.get("status", "")),
     )
     ui.console.print(ui.pushed_table(pushed))

@@ -51,9 +51,7 @@ def prebuilt_problems(folder: Path, *, profile: str, commit: str) -> list[str]:
     if manifest.get("profile") != profile:
         problems.append(f"manifest is for profile {manifest.get('profile')}, not {profile}")
     if not str(manifest.get("kilosort_commit", "")).startswith(commit):
-        problems.append(
-            f"manifest is for Kilosort {manifest.get('kilosort_commit')}, not {commit}"
-        )
+        problems.append(f"manifest is for Kilosort {manifest.get('kilosort_commit')}, not {commit}")
     if not checksums:
         problems.append("manifest lists no binaries")
     for name, expected in checksums.items():

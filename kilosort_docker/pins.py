@@ -7,9 +7,10 @@ ever grows, so tags that carry it (``kilosort3:3.0.2-r2022b-b1``) are never reus
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from kilosort_docker.errors import UserError
 
@@ -79,9 +80,7 @@ def check_commit(value: object, where: str = "--kilosort-commit") -> str:
     return text
 
 
-def load_pins(
-    config_file: Path | None = None, version_file: Path | None = None
-) -> Pins:
+def load_pins(config_file: Path | None = None, version_file: Path | None = None) -> Pins:
     """Read the pins; raises UserError if a file is missing or a value is malformed."""
     config_file = config_file or CONFIG_FILE
     version_file = version_file or VERSION_FILE
@@ -94,7 +93,10 @@ def load_pins(
         raise UserError(f"{config_file.name} is not valid TOML ({exc}): fix it") from exc
     try:
         ks3, npy, ks4, images = (
-            data["kilosort3"], data["npy_matlab"], data["kilosort4"], data["images"]
+            data["kilosort3"],
+            data["npy_matlab"],
+            data["kilosort4"],
+            data["images"],
         )
         pins = Pins(
             kilosort3=GitPin(
@@ -104,7 +106,8 @@ def load_pins(
                 version=ks3["version"],
             ),
             npy_matlab=GitPin(
-                repository=npy["repository"], commit=check_commit(npy["commit"], f"{config_file.name} [npy_matlab]")
+                repository=npy["repository"],
+                commit=check_commit(npy["commit"], f"{config_file.name} [npy_matlab]"),
             ),
             kilosort4_version=ks4["version"],
             torch_version=ks4["torch"],

@@ -121,7 +121,8 @@ def _buildargs(
             "CUDA_VERSION": profile.cuda,
         }
         folder = mex_binaries_folder(options, profile, pins)
-        extras.append(f"mex files from {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} (checked against its manifest)")
+        shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+        extras.append(f"mex files from {shown} (checked against its manifest)")
     elif spec.name == "kilosort4":
         args |= {
             "KILOSORT4_VERSION": pins.kilosort4_version,

@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import docker
 import docker.errors
 
+import docker
 from kilosort_docker import tags
 from kilosort_docker.errors import UserError
 from kilosort_docker.plan import BuildPlan
@@ -51,7 +51,9 @@ def _scrub(text: str, secret: dict[str, str] | None) -> str:
     return text
 
 
-def targets(plan: BuildPlan, *, registry: str | None, namespace: str | None) -> list[tuple[str, str]]:
+def targets(
+    plan: BuildPlan, *, registry: str | None, namespace: str | None
+) -> list[tuple[str, str]]:
     """``(local ref, remote ref)`` pairs for every image and tag of ``plan``."""
     pairs = []
     ns = namespace or plan.options.namespace or plan.pins.namespace

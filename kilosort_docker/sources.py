@@ -29,7 +29,11 @@ def cache_dir() -> Path:
 def _git(*args: str, cwd: Path | None = None) -> str:
     try:
         done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, check=False,
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )
     except FileNotFoundError as exc:
@@ -69,8 +73,14 @@ def mirror(repository: str, *, cache: Path | None = None) -> Path:
 def resolve(pin: GitPin, git_dir: Path) -> str:
     """The full commit the pin names in ``git_dir``; raises UserError if absent or mismatched."""
     try:
-        full = _git("--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet",
-                    f"{pin.commit}^{{commit}}")
+        full = _git(
+            "--git-dir",
+            str(git_dir),
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            f"{pin.commit}^{{commit}}",
+        )
     except subprocess.CalledProcessError:
         raise UserError(
             f"commit {pin.commit} is not in {pin.repository}: fix the pin in "
@@ -80,8 +90,14 @@ def resolve(pin: GitPin, git_dir: Path) -> str:
         raise UserError(f"{pin.commit} resolved to {full}, which is not the pinned commit")
     if pin.tag:
         try:
-            tagged = _git("--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet",
-                          f"refs/tags/{pin.tag}^{{commit}}")
+            tagged = _git(
+                "--git-dir",
+                str(git_dir),
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                f"refs/tags/{pin.tag}^{{commit}}",
+            )
         except subprocess.CalledProcessError:
             log.warning("tag %s is not in %s; using the pinned commit", pin.tag, pin.repository)
         else:

@@ -109,4 +109,8 @@ def build_order(names: list[str] | None = None) -> list[ImageSpec]:
 
 def children(name: str) -> list[ImageSpec]:
     """Images built, directly or not, from ``name``."""
-    return [spec for spec in STACK if spec.name != name and name in {a.name for a in ancestry(spec.name)}]
+    return [
+        spec
+        for spec in STACK
+        if spec.name != name and name in {a.name for a in ancestry(spec.name)}
+    ]

@@ -6,8 +6,14 @@ import logging
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
-from rich.progress import TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from kilosort_docker.build import BuildEvents, BuiltImage
@@ -51,7 +57,9 @@ class ProgressEvents(BuildEvents):
 
     def _step(self, step: BuildStep, number: int, total: int, text: str) -> None:
         self.progress.update(
-            self.tasks[step.spec.name], total=total, completed=number - 1,
+            self.tasks[step.spec.name],
+            total=total,
+            completed=number - 1,
             description=f"{step.spec.name}: {text[:60]}",
         )
 
@@ -122,6 +130,7 @@ def profiles_table(default: str) -> Table:
         if not p.verified:
             label += " (inferred)"
         gencode = ", ".join(g.code for g in p.gencode)
-        table.add_row(label, p.matlab_release, p.base_image, p.ubuntu, p.cuda,
-                      p.host_compiler, gencode)
+        table.add_row(
+            label, p.matlab_release, p.base_image, p.ubuntu, p.cuda, p.host_compiler, gencode
+        )
     return table

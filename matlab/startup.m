@@ -1,7 +1,7 @@
 function startup()
-% STARTUP Put Kilosort and npy-matlab on the MATLAB path when MATLAB starts.
-%   The kilosort3 images set MATLABPATH to this folder, so MATLAB runs this file at start.
-%   KILOSORT_DIR and NPY_MATLAB_DIR (environment) name the folders.
+    % STARTUP Put Kilosort and npy-matlab on the MATLAB path when MATLAB starts.
+    %   The kilosort3 images set MATLABPATH to this folder, so MATLAB runs this file at start.
+    %   KILOSORT_DIR and NPY_MATLAB_DIR (environment) name the folders.
 
     kilosortDir = getenv('KILOSORT_DIR');
     if ~isempty(kilosortDir) && isfolder(kilosortDir)

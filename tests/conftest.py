@@ -40,10 +40,8 @@ def docker_client():
     # Always clean up: remove the test namespace's tags, keeping layers as build cache.
     for image in client.images.list():
         for ref in image.tags:
-            if ref.startswith(f"{support.NAMESPACE}/") and ref not in _KEEP:
-                with contextlib.suppress(Exception):
-                    client.api.remove_image(ref, noprune=True)
-            elif ref.startswith("127.0.0.1:"):
+            ours = ref.startswith(f"{support.NAMESPACE}/") and ref not in _KEEP
+            if ours or ref.startswith("127.0.0.1:"):
                 with contextlib.suppress(Exception):
                     client.api.remove_image(ref, noprune=True)
 
@@ -64,7 +62,9 @@ def debian_base(docker_client):
 @pytest.fixture(scope="session")
 def python_base(docker_client, debian_base):
     return support.build_dockerfile(
-        docker_client, support.TESTS / "images" / "python-base", support.PYTHON_IMAGE,
+        docker_client,
+        support.TESTS / "images" / "python-base",
+        support.PYTHON_IMAGE,
         buildargs={"BASE_IMAGE": debian_base},
     )
 
@@ -73,7 +73,9 @@ def python_base(docker_client, debian_base):
 def matlab_standin(docker_client, debian_base):
     """The stand-in MATLAB base image (tests only)."""
     return support.build_dockerfile(
-        docker_client, support.STANDINS / "matlab-base", support.MATLAB_STANDIN_IMAGE,
+        docker_client,
+        support.STANDINS / "matlab-base",
+        support.MATLAB_STANDIN_IMAGE,
         buildargs={"BASE_IMAGE": debian_base, "MATLAB_RELEASE": "R2022b"},
     )
 
@@ -89,8 +91,7 @@ def mpm_server():
 def fixture_repos(tmp_path_factory):
     """Local git repositories standing in for MouseLand/Kilosort and kwikteam/npy-matlab."""
     root = tmp_path_factory.mktemp("repos")
-    ks_commit = support.make_repo(root / "Kilosort", support.kilosort_fixture_files(),
-                                  tag="v3.0.2")
+    ks_commit = support.make_repo(root / "Kilosort", support.kilosort_fixture_files(), tag="v3.0.2")
     npy_commit = support.make_repo(root / "npy-matlab", support.npy_fixture_files())
     return {
         "kilosort": (root / "Kilosort", ks_commit),
@@ -121,8 +122,9 @@ def wheelhouse(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kilosort3_stack(docker_client, matlab_standin, mpm_server, fixture_repos, git_cache,
-                    tmp_path_factory):
+def kilosort3_stack(
+    docker_client, matlab_standin, mpm_server, fixture_repos, git_cache, tmp_path_factory
+):
     """The Kilosort3 chain built for real on the stand-in MATLAB base, from fixture repos."""
     from kilosort_docker import build, commands
 

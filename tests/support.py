@@ -30,8 +30,16 @@ MATLAB_STANDIN_IMAGE = f"{NAMESPACE}/matlab-standin:r2022b"
 
 #: Kilosort3's mex files (FACTS.md), used to name the stand-in binaries.
 KILOSORT3_MEX = (
-    "spikedetector3", "spikedetector3PC", "mexThSpkPC", "mexGetSpikes2", "mexSVDsmall2",
-    "mexWtW2", "mexFilterPCs", "mexClustering2", "mexDistances2", "mexMPnu8",
+    "spikedetector3",
+    "spikedetector3PC",
+    "mexThSpkPC",
+    "mexGetSpikes2",
+    "mexSVDsmall2",
+    "mexWtW2",
+    "mexFilterPCs",
+    "mexClustering2",
+    "mexDistances2",
+    "mexMPnu8",
 )
 
 GIT_ENV = {
@@ -44,7 +52,11 @@ GIT_ENV = {
 
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, **GIT_ENV},
     ).stdout.strip()
 
@@ -131,9 +143,7 @@ def registry(*, readonly: bool = False) -> Iterator[str]:
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="kilosort-docker-registry-") as tmp:
-        readonly_block = (
-            "  maintenance:\n    readonly:\n      enabled: true\n" if readonly else ""
-        )
+        readonly_block = "  maintenance:\n    readonly:\n      enabled: true\n" if readonly else ""
         config = Path(tmp) / "config.yml"
         config.write_text(
             "version: 0.1\n"
@@ -174,11 +184,13 @@ def debootstrap_image(client, ref: str = DEBIAN_IMAGE) -> str:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(
             ["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
-            check=True, stdout=subprocess.DEVNULL,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", ref], stdin=tar.stdout, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["docker", "import", "-", ref], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL
+        )
         tar.wait()
     return ref
 
@@ -186,8 +198,9 @@ def debootstrap_image(client, ref: str = DEBIAN_IMAGE) -> str:
 def build_dockerfile(client, folder: Path, ref: str, *, buildargs: dict[str, str]) -> str:
     """Build a test image from ``folder`` with the engine; raises RuntimeError on failure."""
     lines = []
-    for event in client.api.build(path=str(folder), tag=ref, buildargs=buildargs, rm=True,
-                                  forcerm=True, decode=True):
+    for event in client.api.build(
+        path=str(folder), tag=ref, buildargs=buildargs, rm=True, forcerm=True, decode=True
+    ):
         if "stream" in event:
             lines.append(event["stream"])
         if "error" in event:

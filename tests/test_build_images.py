@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.docker
@@ -26,8 +25,9 @@ def run_in(client, image, command, *, user=None, entrypoint=None):
 
 def test_matlab_layer_has_toolboxes(docker_client, kilosort3_stack):
     image = kilosort3_stack["built"]["matlab-toolboxes"].step.refs[0]
-    code, out = run_in(docker_client, image,
-                       ["sh", "-c", "ls /opt/matlab/R2022b/toolbox; id -un"], entrypoint=[])
+    code, out = run_in(
+        docker_client, image, ["sh", "-c", "ls /opt/matlab/R2022b/toolbox; id -un"], entrypoint=[]
+    )
     assert code == 0, out
     assert {"parallel", "signal", "stats"} <= set(out.split())
     assert out.split()[-1] == "matlab"
@@ -41,9 +41,14 @@ def test_code_image_records_checked_out_commit(docker_client, kilosort3_stack, f
     assert labels["io.kilosort-docker.kilosort.commit"] == ks_commit
     assert labels["io.kilosort-docker.npy-matlab.commit"] == npy_commit
     code, out = run_in(
-        docker_client, built.image_id,
-        ["sh", "-c", "cat /opt/kilosort-docker/kilosort.commit; ls /opt/kilosort/CUDA;"
-         " ls /opt/npy-matlab/npy-matlab; echo $MATLABPATH; ls $MATLABPATH"],
+        docker_client,
+        built.image_id,
+        [
+            "sh",
+            "-c",
+            "cat /opt/kilosort-docker/kilosort.commit; ls /opt/kilosort/CUDA;"
+            " ls /opt/npy-matlab/npy-matlab; echo $MATLABPATH; ls $MATLABPATH",
+        ],
         entrypoint=[],
     )
     assert code == 0, out
@@ -56,9 +61,14 @@ def test_code_image_records_checked_out_commit(docker_client, kilosort3_stack, f
 def test_final_image_holds_only_checked_mex_files(docker_client, kilosort3_stack):
     built = kilosort3_stack["built"]["kilosort3"]
     code, out = run_in(
-        docker_client, built.image_id,
-        ["sh", "-c", "ls /opt/kilosort/CUDA/*.mexa64 | wc -l; "
-         "cat /opt/kilosort-docker/mex-manifest.json; ls /tmp/mex /tmp/mex-out 2>&1 || true"],
+        docker_client,
+        built.image_id,
+        [
+            "sh",
+            "-c",
+            "ls /opt/kilosort/CUDA/*.mexa64 | wc -l; "
+            "cat /opt/kilosort-docker/mex-manifest.json; ls /tmp/mex /tmp/mex-out 2>&1 || true",
+        ],
         entrypoint=[],
     )
     assert code == 0, out
@@ -89,10 +99,14 @@ def test_kilosort4_imports_pinned_versions_as_non_root(docker_client, kilosort4_
 
     pins = load_pins()
     code, out = run_in(
-        docker_client, kilosort4_image,
-        ["python", "-c",
-         "import os, kilosort, torch; from importlib.metadata import version; "
-         "print(version('kilosort'), torch.__version__.split('+')[0], os.getuid())"],
+        docker_client,
+        kilosort4_image,
+        [
+            "python",
+            "-c",
+            "import os, kilosort, torch; from importlib.metadata import version; "
+            "print(version('kilosort'), torch.__version__.split('+')[0], os.getuid())",
+        ],
     )
     assert code == 0, out
     ks_version, torch_version, uid = out.split()[-3:]

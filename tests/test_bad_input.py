@@ -1,0 +1,137 @@
+"""Bad input: a one-line error naming the fix, a non-zero exit, and no tag on a half-built image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kilosort_docker import build, commands
+from kilosort_docker.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_unknown_profile():
+    line = one_error_line(invoke("build", "--dry-run", "--profile", "r2099z"))
+    assert "r2022b" in line and "invoke profiles" in line
+
+
+def test_cuda_mismatch_names_the_right_version():
+    line = one_error_line(invoke("build", "--dry-run", "--cuda", "12.2"))
+    assert "--cuda 11.2" in line
+
+
+def test_unknown_image():
+    line = one_error_line(invoke("build", "--dry-run", "--image", "kilosort5"))
+    assert "kilosort4" in line
+
+
+def test_docker_daemon_not_running(tmp_path):
+    result = invoke(
+        "build", "--image", "kilosort4", env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    )
+    line = one_error_line(result)
+    assert "Docker engine is not reachable" in line and "dockerd" in line
+
+
+def test_dry_run_prints_the_whole_kilosort3_plan():
+    result = invoke("build", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    order = [
+        out.index(f". {name}  ")
+        for name in ("matlab-toolboxes", "kilosort3-code", "kilosort3", "kilosort4")
+    ]
+    assert order == sorted(order)
+    assert "FROM mathworks/matlab:r2022b" in out
+    assert "tag kilosortdocker/kilosort3:3.0.2-r2022b-b1" in out
+    assert "--build-arg KILOSORT_COMMIT=c43f524" in out
+
+
+def _tags_in(client, namespace: str) -> list[str]:
+    return [t for image in client.images.list() for t in image.tags if t.startswith(namespace)]
+
+
+@pytest.mark.docker
+def test_base_image_missing(docker_client):
+    with pytest.raises(UserError, match="--base-image") as info:
+        plan = commands.make_plan(
+            images=["matlab-toolboxes"],
+            base_image="127.0.0.1:9/kilosort-docker-test/no-such-matlab:r2022b",
+            namespace="kilosort-docker-test-missing",
+        )
+        build.execute(plan, docker_client)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("mpm", "expected"),
+    [("mpm-failing", "stand-in-log-marker"), ("mpm-silent-failure", "mpm left no log")],
+)
+def test_failing_run_step_leaves_no_tag(docker_client, matlab_standin, mpm_server, mpm, expected):
+    namespace = f"kilosort-docker-test-{mpm}"
+    plan = commands.make_plan(
+        images=["matlab-toolboxes"],
+        base_image=matlab_standin,
+        mpm_url=f"{mpm_server}/{mpm}",
+        namespace=namespace,
+    )
+    events = build.BuildEvents()
+    with pytest.raises(UserError, match="building matlab-toolboxes failed at Step"):
+        build.execute(plan, docker_client, events=events)
+    assert any(expected in line for line in events.log_lines)
+    assert _tags_in(docker_client, namespace) == []
+
+
+def test_missing_wheelhouse_and_bad_ca_bundle(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        commands.make_plan(wheelhouse=str(tmp_path / "nope"))
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(UserError, match="private key"):
+        commands.make_plan(ca_bundle=str(key))
+
+
+@pytest.mark.docker
+def test_tampered_committed_mex_binary_is_refused(docker_client, kilosort3_stack, tmp_path):
+    import shutil
+
+    plan = kilosort3_stack["plan"]
+    folder = kilosort3_stack["mex_root"] / "r2022b" / plan.pins.kilosort3.commit
+    copy = tmp_path / "mex" / "r2022b" / plan.pins.kilosort3.commit
+    shutil.copytree(folder, copy)
+    (copy / "mexWtW2.mexa64").write_bytes(b"not the binary the manifest names")
+    from dataclasses import replace
+
+    bad = replace(
+        plan,
+        options=replace(plan.options, mex_binaries=tmp_path / "mex"),
+        steps=(plan.step("kilosort3"),),
+    )
+    with pytest.raises(UserError, match="mexWtW2.mexa64 does not match"):
+        build.execute(bad, docker_client)
+    assert (copy / "mexWtW2.mexa64").read_bytes() == b"not the binary the manifest names"

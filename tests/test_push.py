@@ -1,0 +1,75 @@
+"""Push to a real registry on 127.0.0.1, pull back by digest, compare."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+import support
+
+from kilosort_docker import push
+from kilosort_docker.errors import UserError
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+
+def registry_digest(registry: str, repository: str, tag: str) -> str:
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]
+
+
+def test_push_pull_by_digest_agree(docker_client, kilosort3_stack):
+    plan = kilosort3_stack["plan"]
+    with support.registry() as registry:
+        pushed = push.push(plan, docker_client, registry=registry, namespace="lab")
+        assert len(pushed) == sum(len(step.tags) for step in plan.steps)
+        final = plan.step("kilosort3")
+        local_id = kilosort3_stack["built"]["kilosort3"].image_id
+        for item in pushed:
+            if not item.ref.startswith(f"{registry}/lab/kilosort3:"):
+                continue
+            tag = item.ref.rsplit(":", 1)[1]
+            assert tag in final.tags
+            assert item.digest == registry_digest(registry, "lab/kilosort3", tag)
+        digest = next(p.digest for p in pushed if p.ref.endswith(f"kilosort3:{final.tags[0]}"))
+        by_digest = f"{registry}/lab/kilosort3@{digest}"
+        docker_client.api.remove_image(f"{registry}/lab/kilosort3:{final.tags[0]}")
+        pulled = docker_client.images.pull(by_digest)
+        assert pulled.id == local_id
+        assert by_digest in pulled.attrs["RepoDigests"]
+        catalog = json.load(urllib.request.urlopen(f"http://{registry}/v2/_catalog"))
+        assert set(catalog["repositories"]) == {
+            "lab/matlab-toolboxes",
+            "lab/kilosort3-code",
+            "lab/kilosort3",
+        }
+
+
+def test_refused_push_is_an_error_and_leaves_no_remote_tag(docker_client, kilosort3_stack):
+    plan = kilosort3_stack["plan"]
+    with support.registry(readonly=True) as registry, pytest.raises(UserError, match="refused"):
+        push.push(plan, docker_client, registry=registry, namespace="lab")
+    leftovers = [t for i in docker_client.images.list() for t in i.tags if t.startswith(registry)]
+    assert leftovers == []
+
+
+def test_credentials_come_from_env_and_never_show(monkeypatch, docker_client, kilosort3_stack):
+    monkeypatch.setenv(push.USER_ENV, "alice")
+    monkeypatch.setenv(push.PASSWORD_ENV, "s3cret-token-123")
+    plan = kilosort3_stack["plan"]
+    with support.registry(readonly=True) as registry, pytest.raises(UserError) as info:
+        push.push(plan, docker_client, registry=registry, namespace="lab")
+    assert "s3cret-token-123" not in str(info.value)
+
+
+def test_half_set_credentials_are_refused(monkeypatch):
+    monkeypatch.setenv(push.USER_ENV, "alice")
+    monkeypatch.delenv(push.PASSWORD_ENV, raising=False)
+    with pytest.raises(UserError, match="set both"):
+        push.credentials()
