@@ -98,6 +98,7 @@ def write_standin_mex(folder: Path, *, profile: str, commit: str) -> Path:
     source = folder.parent / "standin_mex.c"
     source.write_text(
         "/* STAND-IN mex file for tests: not Kilosort's code. */\n"
+        "const char standin_mex_name[] = MEX_NAME;\n"
         "void mexFunction(int nlhs, void *plhs[], int nrhs, const void *prhs[]) {\n"
         "    (void)nlhs; (void)plhs; (void)nrhs; (void)prhs;\n}\n"
     )
@@ -105,13 +106,22 @@ def write_standin_mex(folder: Path, *, profile: str, commit: str) -> Path:
     for name in KILOSORT3_MEX:
         target = folder / f"{name}.mexa64"
         subprocess.run(
-            ["gcc", "-shared", "-fPIC", "-O1", f"-DNAME_{name}", "-o", str(target), str(source)],
+            [
+                "gcc",
+                "-shared",
+                "-fPIC",
+                "-O1",
+                f'-DMEX_NAME="{name}"',
+                "-o",
+                str(target),
+                str(source),
+            ],
             check=True,
         )
         data = target.read_bytes()
         binaries[target.name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     source.unlink()
-    manifest = {"profile": profile, "kilosort_commit": commit, "binaries": binaries}
+    manifest = {"schema": 1, "profile": profile, "kilosort_commit": commit, "binaries": binaries}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
