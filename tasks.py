@@ -9,8 +9,12 @@ import functools
 
 from invoke import Exit, task
 
+from kilosort_docker import bump as bump_mod
 from kilosort_docker import commands, ui
+from kilosort_docker import release as release_mod
+from kilosort_docker import upstream as upstream_mod
 from kilosort_docker.errors import UserError
+from kilosort_docker.pins import ROOT
 from kilosort_docker.profiles import DEFAULT_PROFILE
 
 BUILD_HELP = {
@@ -132,3 +136,91 @@ def clean(c, profile: str | None = None, dry_run: bool = False):
     """Remove the images this project built (found by their labels)."""
     ui.setup_logging()
     commands.clean(profile=profile, dry_run=dry_run)
+
+
+UPSTREAM_HELP = {
+    "github_api": f"GitHub API base URL (default {upstream_mod.GITHUB_API}; a mirror)",
+    "pypi_url": f"PyPI base URL (default {upstream_mod.PYPI_URL})",
+    "verbose": "show debug logging",
+}
+
+
+@task(auto_shortflags=False, help=UPSTREAM_HELP)
+@_user_errors
+def upstream(
+    c,
+    github_api: str = upstream_mod.GITHUB_API,
+    pypi_url: str = upstream_mod.PYPI_URL,
+    verbose: bool = False,
+):
+    """List Kilosort releases newer than the pins (MouseLand/Kilosort tags, kilosort on PyPI).
+
+    Set GITHUB_TOKEN for a higher GitHub rate limit; it is never printed.
+    """
+    ui.setup_logging(verbose)
+    reports = upstream_mod.newer_releases(ROOT, api_url=github_api, pypi_url=pypi_url)
+    print(upstream_mod.describe(reports))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "kilosort": "version to pin: 3.x (a MouseLand/Kilosort tag, pinned at its commit) or "
+        "4.x (a kilosort release on PyPI); without it only the build number grows (rebuild)",
+        "note": "an extra line for the changelog entry",
+        "dry_run": "print the diff of kilosort-docker.toml, VERSION and CHANGELOG.md; "
+        "write nothing",
+        **UPSTREAM_HELP,
+    },
+)
+@_user_errors
+def bump(
+    c,
+    kilosort: str | None = None,
+    note: str | None = None,
+    dry_run: bool = False,
+    github_api: str = upstream_mod.GITHUB_API,
+    pypi_url: str = upstream_mod.PYPI_URL,
+    verbose: bool = False,
+):
+    """Bump the pins and VERSION to a Kilosort release and add a changelog entry."""
+    ui.setup_logging(verbose)
+    plan = bump_mod.bump(
+        ROOT, kilosort, note=note, dry_run=dry_run, api_url=github_api, pypi_url=pypi_url
+    )
+    if dry_run:
+        print(plan.diff(), end="")
+        print(f"dry run: would bump {plan.old_release} -> {plan.new_release} ({plan.summary})")
+    else:
+        print(
+            f"bumped {plan.old_release} -> {plan.new_release} ({plan.summary}); "
+            "next: nox, commit, invoke release"
+        )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "push": "also push this release's images (built beforehand with `invoke build`)",
+        "registry": "registry host[:port] to push to (default Docker Hub)",
+        "dry_run": "check, then print what would be done; run no tests, tag and push nothing",
+        "verbose": "show debug logging",
+    },
+)
+@_user_errors
+def release(
+    c,
+    push: bool = False,
+    registry: str | None = None,
+    dry_run: bool = False,
+    verbose: bool = False,
+):
+    """Tag v<VERSION> (clean tree, not yet tagged, `nox -s lint tests` passing); --push images."""
+    ui.setup_logging(verbose)
+    release_mod.release(
+        ROOT,
+        push=push,
+        dry_run=dry_run,
+        run_tests=lambda: release_mod.run_nox(ROOT),
+        push_images=lambda rel: commands.push(registry=registry),
+    )

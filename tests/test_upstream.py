@@ -1,0 +1,485 @@
+"""upstream.py against a local HTTP server that answers like GitHub's and PyPI's APIs.
+
+The server listens on 127.0.0.1 (an ephemeral port) and serves recorded responses in the real
+JSON shapes: GitHub's tag list (paginated with ``Link`` headers, 403 rate limits with their
+reset header, 404s) and PyPI's ``/pypi/<name>/json``. Nothing leaves this machine.
+``test_bump.py`` and ``test_release.py`` use the same server (``fake_api``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import logging
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kilosort_docker import upstream
+from kilosort_docker.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PINNED_FILES = ("kilosort-docker.toml", "VERSION", "CHANGELOG.md")
+OWNER_REPO = "MouseLand/Kilosort"
+TAGS_PATH = f"/repos/{OWNER_REPO}/tags"
+
+#: Made-up 40-digit commits (recorded shapes, not MouseLand's real hashes), by tag.
+COMMITS = {
+    "v1.0": "1a0b" * 10,
+    "v2.0": "2a0b" * 10,
+    "v2.5": "25ab" * 10,
+    "v2.5.1": "251a" * 10,
+    "v3.0": "3a0b" * 10,
+    "v3.0.1": "301a" * 10,
+    "v3.0.2": "c43f524" + "0" * 33,
+    "v3.0.3": "d7e1f30" + "1" * 33,
+    "v4.0": "4a0b" * 10,
+    "v4.0.0b1": "40b1" * 10,
+    "v4.1.7": "4170" * 10,
+    "v4.1.8": "4180" * 10,
+    "kilosort2-final": "ffee" * 10,
+}
+#: Newest first, as GitHub lists them; split over three pages.
+PAGES = [
+    ["v4.1.8", "v4.1.7", "v4.0.0b1", "v4.0", "v3.0.3"],
+    ["v3.0.2", "v3.0.1", "v3.0", "kilosort2-final"],
+    ["v2.5.1", "v2.5", "v2.0", "v1.0"],
+]
+#: kilosort on PyPI: 4.1.9 is yanked, 4.2.0rc1 a pre-release, 4.1.6 has no files.
+PYPI_RELEASES = {
+    "4.0": [False],
+    "4.1.6": [],
+    "4.1.7": [False, False],
+    "4.1.8": [False, False],
+    "4.1.9": [True],
+    "4.2.0rc1": [False],
+}
+
+
+def github_tag(base: str, name: str) -> dict:
+    """One tag as GitHub's ``GET /repos/{owner}/{repo}/tags`` lists it."""
+    sha = COMMITS[name]
+    api = f"{base}/repos/{OWNER_REPO}"
+    return {
+        "name": name,
+        "zipball_url": f"{api}/zipball/refs/tags/{name}",
+        "tarball_url": f"{api}/tarball/refs/tags/{name}",
+        "commit": {"sha": sha, "url": f"{api}/commits/{sha}"},
+        "node_id": "MDM6UmVmMTIzNDU2Nzg5OnJlZnMvdGFncy92My4wLjI=",
+    }
+
+
+def pypi_file(version: str, index: int, yanked: bool) -> dict:
+    """One file of a release as PyPI's JSON API lists it."""
+    wheel = index == 0
+    filename = f"kilosort-{version}-py3-none-any.whl" if wheel else f"kilosort-{version}.tar.gz"
+    return {
+        "comment_text": "",
+        "digests": {"blake2b_256": "ab" * 32, "md5": "cd" * 16, "sha256": "ef" * 32},
+        "downloads": -1,
+        "filename": filename,
+        "has_sig": False,
+        "md5_digest": "cd" * 16,
+        "packagetype": "bdist_wheel" if wheel else "sdist",
+        "python_version": "py3" if wheel else "source",
+        "requires_python": ">=3.9",
+        "size": 123456,
+        "upload_time": "2024-10-01T12:00:00",
+        "upload_time_iso_8601": "2024-10-01T12:00:00.000000Z",
+        "url": f"https://files.pythonhosted.org/packages/ab/cd/{filename}",
+        "yanked": yanked,
+        "yanked_reason": "broken wheel" if yanked else None,
+    }
+
+
+def pypi_project(releases: dict[str, list[bool]] | None = None) -> dict:
+    """PyPI's ``GET /pypi/kilosort/json``."""
+    releases = PYPI_RELEASES if releases is None else releases
+    return {
+        "info": {
+            "name": "kilosort",
+            "version": "4.1.8",
+            "summary": "spike sorting pipeline",
+            "requires_python": ">=3.9",
+            "yanked": False,
+        },
+        "last_serial": 25000000,
+        "releases": {
+            version: [pypi_file(version, i, yanked) for i, yanked in enumerate(files)]
+            for version, files in releases.items()
+        },
+        "urls": [],
+        "vulnerabilities": [],
+    }
+
+
+NOT_FOUND = {
+    "message": "Not Found",
+    "documentation_url": "https://docs.github.com/rest/repos/repos#list-repository-tags",
+    "status": "404",
+}
+
+
+@dataclass
+class FakeAPI:
+    """Recorded responses by request path (with query); ``{base}`` in text is the server URL."""
+
+    url: str = ""
+    routes: dict[str, tuple[int, dict[str, str], str]] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def set(self, path: str, body: object, status: int = 200, **headers: str) -> None:
+        text = body if isinstance(body, str) else json.dumps(body)
+        self.routes[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, text)
+
+    def serve_tags(self, pages: list[list[str]] = PAGES, repo: str = OWNER_REPO) -> None:
+        """The tags over ``len(pages)`` pages linked the way GitHub links them."""
+        path = f"/repos/{repo}/tags"
+        for number, names in enumerate(pages, 1):
+            links = []
+            if number < len(pages):
+                links.append(f'<{{base}}{path}?per_page=100&page={number + 1}>; rel="next"')
+                links.append(f'<{{base}}{path}?per_page=100&page={len(pages)}>; rel="last"')
+            if number > 1:
+                links.append(f'<{{base}}{path}?per_page=100&page={number - 1}>; rel="prev"')
+                links.append(f'<{{base}}{path}?per_page=100&page=1>; rel="first"')
+            query = "per_page=100" if number == 1 else f"per_page=100&page={number}"
+            headers = {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "57"}
+            if links:
+                headers["Link"] = ", ".join(links)
+            body = [github_tag("{base}", name) for name in names]
+            self.routes[f"{path}?{query}"] = (200, headers, json.dumps(body))
+
+    def serve_pypi(self, releases: dict[str, list[bool]] | None = None) -> None:
+        self.set("/pypi/kilosort/json", pypi_project(releases))
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        api = self.server.api
+        api.requests.append((self.path, dict(self.headers.items())))
+        status, headers, text = api.routes.get(self.path, (404, {}, json.dumps(NOT_FOUND)))
+        data = text.replace("{base}", api.url).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value.replace("{base}", api.url))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    api: FakeAPI
+
+
+@contextlib.contextmanager
+def serve_fake_api() -> Iterator[FakeAPI]:
+    """A server on 127.0.0.1 with the tags (3 pages) and PyPI's kilosort releases."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.api = FakeAPI(url=f"http://127.0.0.1:{server.server_address[1]}")
+    server.api.serve_tags()
+    server.api.serve_pypi()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.api
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port() -> str:
+    """A URL on 127.0.0.1 where nothing listens (the network is 'down')."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No token from the caller, and no proxy: requests go straight to 127.0.0.1."""
+    monkeypatch.delenv(upstream.TOKEN_ENV, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAPI]:
+    with serve_fake_api() as api:
+        yield api
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    return closed_port()
+
+
+@pytest.fixture
+def pinned_root(tmp_path: Path) -> Path:
+    """A copy of the pin files (the real ones are never touched)."""
+    for name in PINNED_FILES:
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate(monkeypatch)
+
+
+# --- tags and pagination ----------------------------------------------------------------------
+
+
+def test_all_pages_are_read(fake_api: FakeAPI) -> None:
+    tags = upstream.github_tags(api_url=fake_api.url)
+    assert [t.name for t in tags] == [name for page in PAGES for name in page]
+    assert fake_api.paths() == [
+        f"{TAGS_PATH}?per_page=100",
+        f"{TAGS_PATH}?per_page=100&page=2",
+        f"{TAGS_PATH}?per_page=100&page=3",
+    ]
+    assert {t.name: t.commit for t in tags} == {n: COMMITS[n] for p in PAGES for n in p}
+
+
+def test_single_page_without_link_header(fake_api: FakeAPI) -> None:
+    fake_api.serve_tags([["v3.0.2", "v3.0.1"]])
+    assert [t.name for t in upstream.github_tags(api_url=fake_api.url)] == ["v3.0.2", "v3.0.1"]
+
+
+def test_pagination_loop_is_an_error(fake_api: FakeAPI) -> None:
+    fake_api.set(
+        f"{TAGS_PATH}?per_page=100",
+        [github_tag("{base}", "v3.0.2")],
+        Link=f'<{{base}}{TAGS_PATH}?per_page=100>; rel="next"',
+    )
+    with pytest.raises(UserError, match="loop"):
+        upstream.github_tags(api_url=fake_api.url)
+
+
+def test_tags_are_sorted_into_lines() -> None:
+    tags = [upstream.Tag(name, sha) for name, sha in COMMITS.items()]
+    releases = upstream.github_releases(tags)
+    by_line: dict[str, list[str]] = {}
+    for release in releases:
+        by_line.setdefault(release.line, []).append(release.tag)
+    assert by_line == {
+        "kilosort25": ["v2.5", "v2.5.1"],
+        "kilosort3": ["v3.0", "v3.0.1", "v3.0.2", "v3.0.3"],
+        "kilosort4": ["v4.0", "v4.1.7", "v4.1.8"],  # no pre-release, no v1/v2.0, no 'kilosort2-'
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [("v2.5", "kilosort25"), ("2.5.1", "kilosort25"), ("v2.0", None), ("v3.0.2", "kilosort3")]
+    + [("v4.1.8", "kilosort4"), ("v1.0", None), ("v5.0", None)],
+)
+def test_classify(text: str, line: str | None) -> None:
+    assert upstream.classify(upstream.parse_version(text)) == line
+
+
+def test_a_tag_resolves_to_its_commit(fake_api: FakeAPI) -> None:
+    assert upstream.resolve_tag("v3.0.3", api_url=fake_api.url) == COMMITS["v3.0.3"]
+    tag = upstream.find_tag("3.0.3", api_url=fake_api.url)
+    assert (tag.name, tag.commit) == ("v3.0.3", COMMITS["v3.0.3"])
+    assert upstream.find_tag("v3.0", api_url=fake_api.url).name == "v3.0"
+
+
+def test_a_missing_tag_is_an_error(fake_api: FakeAPI) -> None:
+    with pytest.raises(UserError, match=r"no tag for 3\.0\.9.*invoke upstream"):
+        upstream.find_tag("3.0.9", api_url=fake_api.url)
+    with pytest.raises(UserError, match="no tag v9"):
+        upstream.resolve_tag("v9", api_url=fake_api.url)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_rate_limit_names_the_reset_time_and_the_token(fake_api: FakeAPI) -> None:
+    fake_api.set(
+        f"{TAGS_PATH}?per_page=100",
+        {
+            "message": "API rate limit exceeded for 127.0.0.1. (But here's the good news: "
+            "Authenticated requests get a higher rate limit.)",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits",
+        },
+        status=403,
+        X_RateLimit_Limit="60",
+        X_RateLimit_Remaining="0",
+        X_RateLimit_Reset="1700000000",
+        X_RateLimit_Used="60",
+    )
+    with pytest.raises(UserError) as info:
+        upstream.github_tags(api_url=fake_api.url)
+    message = str(info.value)
+    assert "rate limit" in message
+    assert "2023-11-14 22:13:20 UTC" in message
+    assert "GITHUB_TOKEN" in message
+
+
+def test_429_rate_limit(fake_api: FakeAPI) -> None:
+    fake_api.set(
+        f"{TAGS_PATH}?per_page=100",
+        {"message": "secondary rate limit"},
+        status=429,
+        Retry_After="60",
+    )
+    with pytest.raises(UserError, match="rate limit.*60 seconds from now.*GITHUB_TOKEN"):
+        upstream.github_tags(api_url=fake_api.url)
+
+
+def test_403_without_rate_limit_is_still_clear(fake_api: FakeAPI) -> None:
+    fake_api.set(
+        f"{TAGS_PATH}?per_page=100",
+        {"message": "Forbidden"},
+        status=403,
+        X_RateLimit_Remaining="42",
+    )
+    with pytest.raises(UserError, match="HTTP 403"):
+        upstream.github_tags(api_url=fake_api.url)
+
+
+def test_404(fake_api: FakeAPI) -> None:
+    with pytest.raises(UserError, match="not found.*HTTP 404.*check the name"):
+        upstream.github_tags("MouseLand/NoSuchRepo", api_url=fake_api.url)
+    with pytest.raises(UserError, match="not found"):
+        upstream.pypi_releases("no-such-package", pypi_url=fake_api.url)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['[{"name": "v3.0.2", "commit": ', '{"message": "a dict"}', '[{"name": "v3.0.2"}]', "[1]"],
+    ids=["truncated", "not-a-list", "no-commit", "not-a-tag"],
+)
+def test_malformed_tags(fake_api: FakeAPI, body: str) -> None:
+    fake_api.set(f"{TAGS_PATH}?per_page=100", body)
+    with pytest.raises(UserError, match="malformed"):
+        upstream.github_tags(api_url=fake_api.url)
+
+
+@pytest.mark.parametrize("body", ["<html>Service Unavailable</html>", '{"info": {}}', "[]"])
+def test_malformed_pypi(fake_api: FakeAPI, body: str) -> None:
+    fake_api.set("/pypi/kilosort/json", body)
+    with pytest.raises(UserError, match="malformed"):
+        upstream.pypi_releases(pypi_url=fake_api.url)
+
+
+def test_network_down(closed_port_url: str) -> None:
+    with pytest.raises(UserError, match="network down"):
+        upstream.github_tags(api_url=closed_port_url)
+    with pytest.raises(UserError, match="network down"):
+        upstream.pypi_releases(pypi_url=closed_port_url)
+
+
+# --- the token --------------------------------------------------------------------------------
+
+TOKEN = "ghp_thisIsNotARealToken0123456789abcdef"
+
+
+def test_token_is_sent_but_never_shown(
+    fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    upstream.github_tags(api_url=fake_api.url)
+    assert all(
+        headers.get("Authorization") == f"Bearer {TOKEN}" for _, headers in fake_api.requests
+    )
+    fake_api.set(
+        f"{TAGS_PATH}?per_page=100",
+        {"message": "rate"},
+        status=403,
+        X_RateLimit_Remaining="0",
+        X_RateLimit_Reset="1700000000",
+    )
+    with pytest.raises(UserError) as info:
+        upstream.github_tags(api_url=fake_api.url)
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in caplog.text
+
+
+def test_token_is_not_sent_to_another_host(
+    fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    port = fake_api.url.rsplit(":", 1)[1]
+    fake_api.set(
+        f"{TAGS_PATH}?per_page=100",
+        [github_tag("{base}", "v3.0.2")],
+        Link=f'<http://localhost:{port}{TAGS_PATH}?per_page=100&page=2>; rel="next"',
+    )
+    fake_api.set(f"{TAGS_PATH}?per_page=100&page=2", [github_tag("{base}", "v3.0.1")])
+    assert len(upstream.github_tags(api_url=fake_api.url)) == 2
+    first, second = (headers for _, headers in fake_api.requests)
+    assert first.get("Authorization") == f"Bearer {TOKEN}"
+    assert "Authorization" not in second
+
+
+def test_pypi_never_gets_the_token(fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    upstream.pypi_releases(pypi_url=fake_api.url)
+    assert all("Authorization" not in headers for _, headers in fake_api.requests)
+
+
+# --- PyPI -------------------------------------------------------------------------------------
+
+
+def test_pypi_skips_prereleases_yanked_and_empty(fake_api: FakeAPI) -> None:
+    versions = [str(r.version) for r in upstream.pypi_releases(pypi_url=fake_api.url)]
+    assert versions == ["4.0", "4.1.7", "4.1.8"]
+    assert fake_api.paths() == ["/pypi/kilosort/json"]
+
+
+def test_pypi_has(fake_api: FakeAPI) -> None:
+    assert str(upstream.pypi_has("4.1.8", pypi_url=fake_api.url).version) == "4.1.8"
+    for missing in ("4.1.9", "4.2.0rc1", "4.1.6", "4.3"):
+        with pytest.raises(UserError, match="PyPI has no installable kilosort"):
+            upstream.pypi_has(missing, pypi_url=fake_api.url)
+
+
+# --- what is newer than the pins --------------------------------------------------------------
+
+
+def test_newer_releases(fake_api: FakeAPI, pinned_root: Path) -> None:
+    reports = {
+        r.line: r
+        for r in upstream.newer_releases(pinned_root, api_url=fake_api.url, pypi_url=fake_api.url)
+    }
+    ks3 = reports["kilosort3"]
+    assert ks3.pinned == "3.0.2"
+    assert [(r.tag, r.commit) for r in ks3.newer] == [("v3.0.3", COMMITS["v3.0.3"])]
+    ks4 = reports["kilosort4"]
+    assert ks4.pinned == "4.1.7"
+    assert [str(r.version) for r in ks4.newer] == ["4.1.8"]
+    assert {r.source for r in ks4.newer} == {"pypi"}
+    assert reports["kilosort25"].pinned is None
+    assert str(reports["kilosort25"].latest.version) == "2.5.1"
+    text = upstream.describe(list(reports.values()))
+    assert "invoke bump --kilosort 3.0.3" in text
+    assert "invoke bump --kilosort 4.1.8" in text
+    assert "kilosort25: not pinned (latest upstream 2.5.1)" in text
+
+
+def test_up_to_date(fake_api: FakeAPI, pinned_root: Path) -> None:
+    fake_api.serve_tags([["v3.0.2", "v3.0.1"]])
+    fake_api.serve_pypi({"4.1.7": [False]})
+    reports = upstream.newer_releases(pinned_root, api_url=fake_api.url, pypi_url=fake_api.url)
+    assert all(not r.newer for r in reports)
+    assert "kilosort3: pinned 3.0.2 is up to date" in upstream.describe(reports)
