@@ -6,6 +6,7 @@ Arguments after `--` go to pytest, e.g. `nox -s images -- -k push`.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import nox
@@ -64,3 +65,30 @@ def images(session: nox.Session) -> None:
         session.skip(reason)
     session.install("-e", ".[test,groundtruth]")
     session.run("pytest", "-m", "docker", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """Ground-truth sorting accuracy on a GPU: simulate, sort, score; skips without a GPU.
+
+    Arguments go to `python -m kilosort_docker.groundtruth` (see its --help), e.g.
+    `nox -s gpu -- --channels 384 --units 200 --duration 300 --repeat 2`, or
+    `nox -s gpu -- --mode container --image kilosortdocker/kilosort4:4.1.7`.
+    Without a virtualenv (`nox -s gpu --no-venv`) it uses the packages already installed.
+    """
+    if not isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+        session.install("-e", ".[groundtruth]")
+    args = session.posargs or ["--sorter", "kilosort4", "--mode", "host"]
+    python = (
+        "python"
+        if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv)
+        else (str(Path(session.bin) / "python"))
+    )
+    session.log("python -m kilosort_docker.groundtruth %s", " ".join(args))
+    code = subprocess.run(
+        [python, "-m", "kilosort_docker.groundtruth", *args], cwd=ROOT, check=False
+    ).returncode
+    if code == 77:
+        session.skip("the preflight found something missing (printed above)")
+    if code != 0:
+        session.error(f"ground-truth test failed (exit {code})")

@@ -34,6 +34,10 @@ BUILD_HELP = {
     "wheelhouse": "folder of wheels pip may install from in the kilosort4 image",
     "ca_bundle": "PEM file of CA certificates pip should trust while building (TLS proxy)",
     "mex_binaries": "folder of committed mex binaries (default mex-binaries/)",
+    "cuda_toolkit": "compile with this installed CUDA toolkit folder instead of NVIDIA's installer",
+    "host_compiler": "host compiler for nvcc and the link instead of the profile's",
+    "gencode": "add an nvcc target, e.g. compute_80,compute_80 (repeatable; checked against CUDA)",
+    "ensure_determ": "compile mexMPnu8 with ENSURE_DETERM (deterministic, about 2x slower)",
     "namespace": "repository namespace (default from kilosort-docker.toml)",
     "verbose": "show debug logging",
 }
@@ -58,7 +62,7 @@ def _flags(**kwargs):
     return kwargs
 
 
-@task(iterable=["image"], help=BUILD_HELP, auto_shortflags=False)
+@task(iterable=["image", "gencode"], help=BUILD_HELP, auto_shortflags=False)
 @_user_errors
 def build(
     c,
@@ -78,13 +82,99 @@ def build(
     wheelhouse: str | None = None,
     mex_binaries: str | None = None,
     ca_bundle: str | None = None,
+    cuda_toolkit: str | None = None,
+    host_compiler: str | None = None,
+    gencode=None,
+    ensure_determ: bool = False,
     namespace: str | None = None,
     verbose: bool = False,
 ):
     """Build the Kilosort image stack (or --image NAME and its parents) on the Docker engine."""
     flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
     flags["images"] = flags.pop("image") or None
+    flags["gencode"] = flags.pop("gencode") or None
     commands.build(**flags)
+
+
+MEX_FLAGS = (
+    "profile",
+    "cuda",
+    "allow_cuda_mismatch",
+    "base_image",
+    "mpm_url",
+    "kilosort_repo",
+    "kilosort_commit",
+    "npy_matlab_repo",
+    "npy_matlab_commit",
+    "mex_binaries",
+    "cuda_toolkit",
+    "host_compiler",
+    "gencode",
+    "ensure_determ",
+    "no_cache",
+    "verbose",
+)
+
+
+@task(
+    iterable=["gencode"],
+    auto_shortflags=False,
+    help={
+        **{k: BUILD_HELP[k] for k in MEX_FLAGS},
+        "dry_run": "print the nvcc and g++ commands mexcuda would run, and build nothing",
+        "force": "replace binaries already in mex-binaries/<profile>/<commit>/",
+    },
+)
+@_user_errors
+def build_mex(
+    c,
+    profile: str = DEFAULT_PROFILE,
+    dry_run: bool = False,
+    force: bool = False,
+    cuda: str | None = None,
+    allow_cuda_mismatch: bool = False,
+    base_image: str | None = None,
+    mpm_url: str | None = None,
+    kilosort_repo: str | None = None,
+    kilosort_commit: str | None = None,
+    npy_matlab_repo: str | None = None,
+    npy_matlab_commit: str | None = None,
+    mex_binaries: str | None = None,
+    cuda_toolkit: str | None = None,
+    host_compiler: str | None = None,
+    gencode=None,
+    ensure_determ: bool = False,
+    no_cache: bool = False,
+    verbose: bool = False,
+):
+    """Compile Kilosort's CUDA mex files (no MATLAB license) into mex-binaries/ (maintainers)."""
+    flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
+    flags["gencode"] = flags.pop("gencode") or None
+    commands.build_mex(**flags)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "profile": BUILD_HELP["profile"],
+        "folder": "check this folder instead of mex-binaries/<profile>/<pinned commit>/",
+        "compute_capability": "say how each binary runs on a GPU of this compute capability, "
+        "e.g. 9.0 (natively, through PTX JIT, or not at all)",
+    },
+)
+@_user_errors
+def verify_mex(
+    c,
+    profile: str = DEFAULT_PROFILE,
+    folder: str | None = None,
+    compute_capability: str | None = None,
+):
+    """Check mex binaries against their manifest, and whether they run on a given GPU."""
+    ui.setup_logging()
+    if not commands.verify_mex(
+        folder=folder, profile=profile, compute_capability=compute_capability
+    ):
+        raise Exit("error: mex binaries fail verification (see above)", code=1)
 
 
 @task(
@@ -224,3 +314,21 @@ def release(
         run_tests=lambda: release_mod.run_nox(ROOT),
         push_images=lambda rel: commands.push(registry=registry),
     )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "image": "kilosort3 image to check (default: the local MATLAB instead of a container)",
+        "license": "MATLAB license: port@host or a license file (default $MLM_LICENSE_FILE)",
+        "mac_address": "MAC address for a host-locked license (docker run --mac-address)",
+    },
+)
+@_user_errors
+def check_gpu(
+    c, image: str | None = None, license: str | None = None, mac_address: str | None = None
+):
+    """Check that MATLAB sees the GPU and runs a mex file on it (needs a MATLAB license)."""
+    ui.setup_logging()
+    commands.check_gpu(image=image, license=license, mac_address=mac_address)
+    ui.console.print("GPU check passed: gpuDevice and mexGPUExample work")

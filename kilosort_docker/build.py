@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import docker
 import docker.errors
 
-import docker
 from kilosort_docker import engine, mexstage, sources
 from kilosort_docker.errors import UserError
 from kilosort_docker.pins import ROOT
@@ -88,7 +88,7 @@ def staged_context(step: BuildStep, plan: BuildPlan) -> Iterator[tuple[Path, dic
                 buildargs[key] = full
             _copy_tree(MATLAB_DIR, context / "matlab")
         elif name == "kilosort3":
-            mexstage.stage(plan, context / "mex")
+            mexstage.stage(plan, context)
         elif name == "kilosort4":
             wheels = context / "wheels"
             wheels.mkdir(exist_ok=True)
@@ -116,6 +116,7 @@ def _run_build(
     *,
     no_cache: bool,
     events: BuildEvents,
+    target: str | None = None,
 ) -> str:
     """Build without tagging; returns the image ID. Raises UserError on an in-band error."""
     image_id = None
@@ -129,6 +130,7 @@ def _run_build(
         forcerm=True,
         pull=False,
         decode=True,
+        target=target,
     )
     for event in stream:
         if "stream" in event:
@@ -225,3 +227,50 @@ def execute(
         events.on_done(built)
         results.append(built)
     return results
+
+
+def build_stage(
+    plan: BuildPlan,
+    client: docker.DockerClient,
+    *,
+    image: str,
+    target: str,
+    events: BuildEvents | None = None,
+) -> str:
+    """Build ``image``'s parents as usual, then ``image`` only up to stage ``target``.
+
+    The stage image is not tagged; returns its image ID. Raises UserError on failure.
+    """
+    events = events or BuildEvents()
+    names = [step.spec.name for step in plan.steps]
+    index = names.index(image)
+    execute(replace(plan, steps=plan.steps[:index]), client, events=events)
+    step = plan.steps[index]
+    events.on_start(step, index)
+    with staged_context(step, plan) as (context, buildargs):
+        return _run_build(
+            client,
+            step,
+            context,
+            buildargs,
+            no_cache=plan.options.no_cache,
+            events=events,
+            target=target,
+        )
+
+
+def copy_out(client: docker.DockerClient, image_id: str, path: str, dest: Path) -> Path:
+    """Copy folder ``path`` out of image ``image_id`` into ``dest`` (which must not exist)."""
+    import io
+    import tarfile
+
+    container = client.containers.create(image_id, entrypoint=["true"])
+    try:
+        stream, _ = container.get_archive(path)
+        data = io.BytesIO(b"".join(stream))
+    finally:
+        container.remove(force=True)
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=data) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / Path(path).name

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import docker.errors
 
 from kilosort_docker import build as build_mod
-from kilosort_docker import engine, plan, ui
+from kilosort_docker import engine, mex, mexstage, plan, ui
 from kilosort_docker import push as push_mod
 from kilosort_docker.errors import UserError
 from kilosort_docker.pins import check_commit, load_pins
@@ -35,6 +39,12 @@ def make_plan(
     wheelhouse: str | None = None,
     mex_binaries: str | None = None,
     ca_bundle: str | None = None,
+    cuda_toolkit: str | None = None,
+    host_compiler: str | None = None,
+    gencode: list[str] | None = None,
+    ensure_determ: bool = False,
+    mex_spec: str | None = None,
+    compile_mex: bool = False,
     no_cache: bool = False,
     namespace: str | None = None,
 ) -> plan.BuildPlan:
@@ -43,6 +53,8 @@ def make_plan(
     chosen = chosen.with_overrides(base_image=base_image, mpm_url=mpm_url)
     if wheelhouse and not Path(wheelhouse).is_dir():
         raise UserError(f"wheelhouse {wheelhouse} is not a folder: pass a folder of .whl files")
+    if cuda_toolkit and not Path(cuda_toolkit).is_dir():
+        raise UserError(f"--cuda-toolkit {cuda_toolkit} is not a folder: pass a CUDA toolkit")
     if ca_bundle and not Path(ca_bundle).is_file():
         raise UserError(f"CA bundle {ca_bundle} is not a file: pass a PEM file")
     if ca_bundle and "PRIVATE KEY" in Path(ca_bundle).read_text(errors="replace"):
@@ -54,6 +66,12 @@ def make_plan(
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
         mex_binaries=Path(mex_binaries) if mex_binaries else plan.MEX_BINARIES_DIR,
         ca_bundle=Path(ca_bundle) if ca_bundle else None,
+        cuda_toolkit=Path(cuda_toolkit) if cuda_toolkit else None,
+        host_compiler=host_compiler,
+        gencode=tuple(gencode or ()),
+        ensure_determ=ensure_determ,
+        mex_spec=Path(mex_spec) if mex_spec else None,
+        compile_mex=compile_mex,
         no_cache=no_cache,
         namespace=namespace,
     )
@@ -132,3 +150,126 @@ def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
     if not removed:
         ui.console.print("no images of this project to remove")
     return removed
+
+
+def build_mex(*, dry_run: bool = False, force: bool = False, **flags) -> Path | None:
+    """Compile Kilosort's mex files in the kilosort3 image's build stage and keep them in
+    ``mex-binaries/<profile>/<kilosort commit>/`` with their manifest.
+
+    Refuses to replace an existing folder unless ``force``; a failed build changes nothing.
+    """
+    the_plan = make_plan(images=["kilosort3"], compile_mex=True, **flags)
+    folder = plan.mex_binaries_folder(the_plan.options, the_plan.profile, the_plan.pins)
+    build_plan = mexstage.mex_plan(the_plan)
+    if dry_run:
+        ui.console.print(
+            mex.dry_run(build_plan, out_dir="/tmp/mex-out/bin"),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        ui.console.print(f"# binaries and manifest would go to {folder}", markup=False)
+        return None
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise UserError(
+            f"{folder} already holds mex binaries: pass --force to replace them after a "
+            "successful build"
+        )
+    client = engine.connect(timeout=3600)
+    with ui.progress_bar() as progress:
+        image_id = build_mod.build_stage(
+            the_plan,
+            client,
+            image="kilosort3",
+            target="mex-build",
+            events=ui.ProgressEvents(progress, the_plan),
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        out = build_mod.copy_out(client, image_id, "/tmp/mex-out", work / "out")
+        staged = work / "binaries"
+        shutil.move(str(out / "bin"), staged)
+        shutil.move(str(out / mex.MANIFEST_NAME), staged / mex.MANIFEST_NAME)
+        problems = [p for p in mex.verify_manifest(staged) if p.severity == "error"]
+        if problems:
+            raise UserError(f"the stage's binaries fail their own manifest: {problems[0]}")
+        if folder.exists():
+            old = work / "previous"
+            folder.rename(old)
+        staged.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ui.console.print(f"mex binaries and manifest in {folder}", markup=False)
+    return folder
+
+
+def verify_mex(
+    *,
+    folder: str | None = None,
+    profile: str = DEFAULT_PROFILE,
+    compute_capability: str | None = None,
+) -> bool:
+    """Check committed mex binaries against their manifest; with a compute capability, say
+    how each runs there (SASS, PTX JIT, or not at all). Returns True if all is well."""
+    if folder:
+        target = Path(folder)
+    else:
+        the_plan = make_plan(profile=profile, images=["kilosort3"])
+        target = plan.mex_binaries_folder(the_plan.options, the_plan.profile, the_plan.pins)
+    if not (target / mex.MANIFEST_NAME).is_file():
+        raise UserError(f"no mex binaries with a manifest in {target}: run `invoke build-mex`")
+    problems = mex.verify_manifest(target)
+    for problem in problems:
+        ui.console.print(str(problem), markup=False)
+    ok = not any(p.severity == "error" for p in problems)
+    if compute_capability:
+        predictions = mex.predict_directory(target, compute_capability)
+        ui.console.print(ui.runtime_table(predictions, compute_capability))
+        ok = ok and all(p.mode != "none" for p in predictions)
+    if not problems:
+        ui.console.print(f"all binaries in {target} match their manifest", markup=False)
+    return ok
+
+
+def check_gpu(
+    *, image: str | None = None, license: str | None = None, mac_address: str | None = None
+) -> None:
+    """Run matlab/check_gpu.m (gpuDevice, then mexGPUExample on ones(4,4)) in the kilosort3
+    image on every GPU, or with the local MATLAB when ``image`` is None.
+
+    Raises UserError without a license (``MLM_LICENSE_FILE``), Docker engine or MATLAB.
+    """
+    from kilosort_docker.sorters import common, kilosort3
+
+    lic = kilosort3.resolve_license(license)
+    if image is None:
+        matlab = kilosort3.local_matlab()
+        env = {"MLM_LICENSE_FILE": lic.value}
+        done = subprocess.run(
+            [str(matlab), "-batch", f"addpath('{kilosort3.MATLAB_DIR}'); check_gpu"],
+            env={**os.environ, **env},
+            check=False,
+        )
+        if done.returncode != 0:
+            raise UserError("check_gpu failed in the local MATLAB (see above): fix the GPU setup")
+        return
+    volumes = {}
+    if lic.kind == "file":
+        volumes[lic.value] = {"bind": kilosort3.LICENSE_MOUNT, "mode": "ro"}
+        env = {"MLM_LICENSE_FILE": kilosort3.LICENSE_MOUNT}
+    else:
+        env = {"MLM_LICENSE_FILE": lic.value}
+    try:
+        common.run_container(
+            image,
+            ["-batch", "check_gpu"],
+            volumes=volumes,
+            environment=env,
+            gpu=True,
+            network=lic.kind == "server" or bool(mac_address),
+            mac_address=mac_address,
+            redact=(lic.value,),
+        )
+    except common.SortError as exc:
+        raise UserError(f"check_gpu failed in {image}: {str(exc).splitlines()[0]}") from None

@@ -868,6 +868,23 @@ def device_code(path: str | os.PathLike, *, cuobjdump: str) -> tuple[tuple[str, 
     return parse_cuobjdump(result.stdout)
 
 
+def relocatable_ptx(path: str | os.PathLike, *, cuobjdump: str) -> tuple[str, ...]:
+    """PTX targets kept with a binary's relocatable device code (``cuobjdump -all``).
+
+    A device-linked (``-dynamic``) mex holds SASS only in the image the runtime lists, but the
+    PTX of its ``-dc`` objects stays in the file, and the runtime JIT-compiles it: on an H200
+    (9.0) a device-linked binary with only sm_80 SASS ran (tests/gpu/ptx_jit_check.py). The
+    listing also holds the CUDA device runtime's own PTX (cudadevrt), so callers keep only the
+    targets their gencode list asked for.
+    """
+    result = subprocess.run(
+        [cuobjdump, "--list-ptx", "-all", str(path)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return ()
+    return parse_cuobjdump(result.stdout)[1]
+
+
 def parse_glibcxx(text: str) -> tuple[str, ...]:
     """``GLIBCXX_3.4.NN`` names in ``readelf -V`` / ``objdump -T`` output or raw strings,
     sorted by version and de-duplicated."""
@@ -1002,10 +1019,16 @@ def predict_runtime(
 def predict_directory(
     directory: str | os.PathLike, compute_capability: str
 ) -> list[RuntimePrediction]:
-    """:func:`predict_runtime` for every binary of a manifest (its recorded SASS and PTX)."""
+    """:func:`predict_runtime` for every binary of a manifest: its recorded SASS and PTX, and
+    for a device-linked mex the PTX kept with its relocatable code (:func:`relocatable_ptx`)."""
     manifest = load_manifest(directory)
     return [
-        predict_runtime(entry["sass"], entry["ptx"], compute_capability, binary=name)
+        predict_runtime(
+            entry["sass"],
+            [*entry["ptx"], *entry.get("relocatable_ptx", [])],
+            compute_capability,
+            binary=name,
+        )
         for name, entry in sorted(manifest["binaries"].items())
     ]
 
@@ -1092,7 +1115,13 @@ def build_manifest(
         mismatch = device_code_mismatch(chain, source, sass, ptx)
         if mismatch:
             raise UserError(f"{binary.name} {mismatch}: rebuild it with that gencode list")
-        if source.dynamic and not ptx and any(t.is_ptx for t in chain.gencode):
+        wanted_ptx = {t.code for t in chain.gencode if t.is_ptx}
+        kept_ptx = (
+            sorted(set(relocatable_ptx(binary, cuobjdump=cuobjdump)) & wanted_ptx, key=_arch_key)
+            if source.dynamic
+            else []
+        )
+        if source.dynamic and not ptx and not kept_ptx and wanted_ptx:
             log.warning(
                 "%s is device-linked (-dynamic): it holds SASS %s and no PTX, so GPUs newer "
                 "than its SASS cannot run it",
@@ -1116,6 +1145,7 @@ def build_manifest(
             "commands": [s.shell(variables) for s in mex_steps(chain, source)],
             "sass": list(sass),
             "ptx": list(ptx),
+            "relocatable_ptx": kept_ptx,
             "glibcxx": list(glibcxx_needed(binary)),
         }
     return {

@@ -34,6 +34,13 @@ class BuildOptions:
         mex_binaries: where committed mex binaries live (``mex-binaries/``).
         ca_bundle: a PEM bundle of CA certificates pip trusts in the build (a TLS-inspecting
             proxy); public certificates only, never a private key.
+        cuda_toolkit: an installed CUDA toolkit folder to compile the mex files with, instead of
+            NVIDIA's installer (air-gapped sites; the tests use the machine's toolkit).
+        host_compiler: host compiler for nvcc and the link, instead of the profile's.
+        gencode: extra nvcc targets (``compute_90,sm_90``) appended to the profile's list.
+        ensure_determ: compile mexMPnu8 with ENSURE_DETERM (deterministic, ~2x slower).
+        mex_spec: a mex spec JSON instead of Kilosort's own list (tests compile their sources).
+        compile_mex: compile even when committed binaries exist (``invoke build-mex``).
         no_cache: build without Docker's layer cache.
         namespace: repository namespace (default from the pins).
     """
@@ -44,6 +51,12 @@ class BuildOptions:
     wheelhouse: Path | None = None
     mex_binaries: Path = MEX_BINARIES_DIR
     ca_bundle: Path | None = None
+    cuda_toolkit: Path | None = None
+    host_compiler: str | None = None
+    gencode: tuple[str, ...] = ()
+    ensure_determ: bool = False
+    mex_spec: Path | None = None
+    compile_mex: bool = False
     no_cache: bool = False
     namespace: str | None = None
 
@@ -88,7 +101,12 @@ def mex_binaries_folder(options: BuildOptions, profile: Profile, pins: Pins) -> 
 
 
 def _buildargs(
-    spec: ImageSpec, profile: Profile, pins: Pins, base: str, options: BuildOptions
+    spec: ImageSpec,
+    profile: Profile,
+    pins: Pins,
+    base: str,
+    options: BuildOptions,
+    refs: dict[str, str],
 ) -> tuple[dict[str, str], tuple[str, ...]]:
     args = {"BASE_IMAGE": base}
     extras: list[str] = []
@@ -116,13 +134,22 @@ def _buildargs(
         ]
     elif spec.name == "kilosort3":
         args |= {
-            "MATLAB_ROOT": profile.matlab_root,
+            "TOOLKIT_BASE_IMAGE": refs["matlab-toolboxes"],
             "KILOSORT_DIR": KILOSORT_DIR,
-            "CUDA_VERSION": profile.cuda,
+            "CUDA_ROOT": profile.cuda_root,
+            "HOST_COMPILER": options.host_compiler or profile.host_compiler,
+            "CUDA_INSTALLER_URL": profile.cuda_installer_url or "",
+            "CUDA_INSTALLER_SHA256": profile.cuda_installer_sha256 or "",
         }
         folder = mex_binaries_folder(options, profile, pins)
         shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
-        extras.append(f"mex files from {shown} (checked against its manifest)")
+        if folder.is_dir() and not options.compile_mex:
+            extras.append(f"mex files from {shown} (checked against its manifest)")
+        else:
+            source = options.cuda_toolkit or f"NVIDIA's installer {profile.cuda_installer_url}"
+            extras.append(
+                f"mex files compiled in the mex-build stage with CUDA {profile.cuda} from {source}"
+            )
     elif spec.name == "kilosort4":
         args |= {
             "KILOSORT4_VERSION": pins.kilosort4_version,
@@ -163,7 +190,7 @@ def make_plan(
             base = options.python_base_image or pins.python_base_image
         repo = tags.repository(spec, namespace)
         image_tags = tuple(tags.tags(spec, profile, pins))
-        buildargs, extras = _buildargs(spec, profile, pins, base, options)
+        buildargs, extras = _buildargs(spec, profile, pins, base, options, refs)
         step = BuildStep(
             spec=spec,
             repository=repo,

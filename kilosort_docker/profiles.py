@@ -89,6 +89,9 @@ class Profile:
         gpu_mex_library: MATLAB's GPU mex library (``mwgpu``; ``gpumexbinder`` from R2024a).
         image_size_budget_gb: the most the final Kilosort3 image may weigh, in GB (1e9 bytes).
         mpm_url: where the MATLAB Package Manager binary is downloaded from.
+        cuda_installer_url: NVIDIA's runfile installer for ``cuda`` (toolkit only is installed).
+        cuda_installer_sha256: its pinned sha256; None until a maintainer has checked one, in
+            which case compiling needs ``--cuda-toolkit DIR``.
         verified: False where a field is inferred rather than read off MathWorks' images.
     """
 
@@ -102,6 +105,8 @@ class Profile:
     gpu_mex_library: str = "mwgpu"
     image_size_budget_gb: float = 16.0
     mpm_url: str = "https://www.mathworks.com/mpm/glnxa64/mpm"
+    cuda_installer_url: str | None = None
+    cuda_installer_sha256: str | None = None
     verified: bool = True
     toolboxes: tuple[str, ...] = field(default=TOOLBOXES)
 
@@ -127,6 +132,8 @@ class Profile:
         return replace(self, **changes) if changes else self
 
 
+_NVIDIA = "https://developer.download.nvidia.com/compute/cuda/"
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
@@ -137,6 +144,7 @@ PROFILES: dict[str, Profile] = {
             ubuntu="20.04",
             cuda="11.0",
             host_compiler="g++-8",
+            cuda_installer_url=_NVIDIA + "11.0.3/local_installers/cuda_11.0.3_450.51.06_linux.run",
             gencode=_gencodes(35, 50, 60, 70, 80, ptx=80),
         ),
         Profile(
@@ -146,6 +154,7 @@ PROFILES: dict[str, Profile] = {
             ubuntu="20.04",
             cuda="11.2",
             host_compiler="g++-10",
+            cuda_installer_url=_NVIDIA + "11.2.2/local_installers/cuda_11.2.2_460.32.03_linux.run",
             gencode=_gencodes(35, 50, 60, 70, 80, ptx=80),
         ),
         Profile(
@@ -155,6 +164,7 @@ PROFILES: dict[str, Profile] = {
             ubuntu="22.04",
             cuda="12.2",
             host_compiler="g++-11",
+            cuda_installer_url=_NVIDIA + "12.2.2/local_installers/cuda_12.2.2_535.104.05_linux.run",
             gencode=_gencodes(50, 60, 70, 80, 90, ptx=90),
             gpu_mex_library="gpumexbinder",
             verified=False,

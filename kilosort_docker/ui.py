@@ -134,3 +134,14 @@ def profiles_table(default: str) -> Table:
             label, p.matlab_release, p.base_image, p.ubuntu, p.cuda, p.host_compiler, gencode
         )
     return table
+
+
+def runtime_table(predictions, compute_capability: str) -> Table:
+    """How each mex file runs on a GPU of ``compute_capability``."""
+    table = Table(title=f"On a GPU of compute capability {compute_capability}")
+    for column in ("mex file", "runs", "through"):
+        table.add_column(column)
+    words = {"native": "natively (SASS)", "ptx-jit": "through PTX JIT", "none": "NOT AT ALL"}
+    for item in predictions:
+        table.add_row(item.binary, words.get(item.mode, item.mode), item.via or "-")
+    return table

@@ -17,7 +17,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import support  # noqa: E402
-
 from kilosort_docker import engine  # noqa: E402
 from kilosort_docker.errors import UserError  # noqa: E402
 
@@ -70,11 +69,17 @@ def python_base(docker_client, debian_base):
 
 
 @pytest.fixture(scope="session")
-def matlab_standin(docker_client, debian_base):
-    """The stand-in MATLAB base image (tests only)."""
+def matlab_standin(docker_client, debian_base, tmp_path_factory):
+    """The stand-in MATLAB base image (tests only), with the stand-in mex API in its root."""
+    sys.path.insert(0, str(support.STANDINS / "mexapi"))
+    from make_root import make_matlab_root
+
+    context = tmp_path_factory.mktemp("matlab-standin")
+    shutil.copytree(support.STANDINS / "matlab-base", context, dirs_exist_ok=True)
+    make_matlab_root(context / "matlab-root")
     return support.build_dockerfile(
         docker_client,
-        support.STANDINS / "matlab-base",
+        context,
         support.MATLAB_STANDIN_IMAGE,
         buildargs={"BASE_IMAGE": debian_base, "MATLAB_RELEASE": "R2022b"},
     )

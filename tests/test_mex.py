@@ -456,6 +456,7 @@ def test_dynamic_parallelism_path(built):
     assert "-lcudadevrt" in entry["commands"][2].split()
     assert "-lcudadevrt" in entry["commands"][3].split()
     assert entry["dynamic"] and entry["defines"] == ["ENABLE_STABLEMODE"]
+    assert entry["ptx"] == [] and entry["relocatable_ptx"] == ["compute_90"]
     assert entry["includes"] == {"treeHelper.cu": mex.sha256_file(SOURCES / "treeHelper.cu")}
     sections = subprocess.run(["readelf", "-S", "-W", str(out / "mexTree.mexa64")],
                               capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -495,8 +496,9 @@ def test_manifest_contents_and_verification(built):
     assert "-DSTANDIN_ALPHA=3" in axpy["commands"][0].split()
     assert axpy["glibcxx"] and all(v.startswith("GLIBCXX_3.4") for v in axpy["glibcxx"])
     predictions = {p.binary: p.mode for p in mex.predict_directory(out, "12.0")}
+    # the device-linked mexTree too: through the PTX kept with its relocatable code
     assert predictions == {"mexAxpy.mexa64": "ptx-jit", "mexGPUExample.mexa64": "ptx-jit",
-                           "mexScale.mexa64": "ptx-jit", "mexTree.mexa64": "none"}  # fmt: skip
+                           "mexScale.mexa64": "ptx-jit", "mexTree.mexa64": "ptx-jit"}  # fmt: skip
 
 
 @needs_nvcc

@@ -15,7 +15,8 @@ so this emulates it with what it can emit (for an sm_90 device such as the H200)
 - rdc_sass_native: ``-dc`` + ``nvcc -dlink``, device's own SASS, a kernel launching kernels
   (dynamic parallelism, as mexMPnu8's stable mode) -> native (control); required.
 - rdc_sass80_ptx80: the same built like R2022b's mexMPnu8 (sm_80 + compute_80); the
-  device-linked image keeps SASS only, so the prediction is none; informational.
+  device-linked image holds SASS only, but the PTX kept with the relocatable code (listed by
+  ``cuobjdump -all``) is JIT-compiled: seen running on an H200; informational.
 - rdc_ptx80: ``-dc`` + ``nvcc -dlink`` with PTX compute_80 only; informational.
 
 Needs: nvcc (PATH or /usr/local/cuda/bin), cuobjdump (same, or the ``nvidia-cuda-cuobjdump``
@@ -157,7 +158,7 @@ def main() -> int:
             ("sass80_ptx80", PLAIN, [sass80, ptx80], False, True),
             ("sass_native", PLAIN, [t(f"compute_{native},sm_{native}")], False, True),
             ("rdc_sass_native", TREE, [t(f"compute_{native},sm_{native}")], True, True),
-            ("rdc_sass80_ptx80", TREE, [sass80, ptx80], True, False),
+            ("rdc_sass80_ptx80", TREE, [sass80, ptx80], True, True),
             ("rdc_ptx80", TREE, [ptx80], True, False),
         ]
         results = []
@@ -175,13 +176,17 @@ def main() -> int:
                 results.append(entry)
                 continue
             sass, ptx = mex.device_code(exe, cuobjdump=cuobjdump)
-            predicted = mex.predict_runtime(sass, ptx, cc, binary=name)
+            wanted = {t.code for t in targets if t.is_ptx}
+            kept = [p for p in mex.relocatable_ptx(exe, cuobjdump=cuobjdump) if p in wanted]
+            kept = kept if rdc else []
+            predicted = mex.predict_runtime(sass, [*ptx, *kept], cc, binary=name)
             result = run([str(exe)])
             ran = result.returncode == 0 and result.stdout.strip().endswith("OK")
             entry.update(
                 built=True,
                 sass=list(sass),
                 ptx=list(ptx),
+                relocatable_ptx=kept,
                 predicted=predicted.mode,
                 ran=ran,
                 output=(result.stdout + result.stderr).strip()[-200:],
