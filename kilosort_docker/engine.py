@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import docker
 import docker.errors
 
-import docker
 from kilosort_docker.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import docker
 import docker.errors
 
-import docker
 from kilosort_docker import tags
 from kilosort_docker.errors import UserError
 from kilosort_docker.plan import BuildPlan

@@ -6,8 +6,8 @@ import json
 import urllib.request
 
 import pytest
-import support
 
+import support
 from kilosort_docker import push
 from kilosort_docker.errors import UserError
 
