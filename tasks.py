@@ -332,3 +332,16 @@ def check_gpu(
     ui.setup_logging()
     commands.check_gpu(image=image, license=license, mac_address=mac_address)
     ui.console.print("GPU check passed: gpuDevice and mexGPUExample work")
+
+
+@task(
+    iterable=["image"],
+    auto_shortflags=False,
+    help={k: BUILD_HELP[k] for k in ("profile", "image", "namespace")},
+)
+@_user_errors
+def check_images(c, profile: str = DEFAULT_PROFILE, image=None, namespace: str | None = None):
+    """Check the built images from inside (user, toolboxes, commit, mex files, secrets, size)."""
+    ui.setup_logging()
+    if not commands.check_images(profile=profile, images=image or None, namespace=namespace):
+        raise Exit("error: some image checks failed (see the table above)", code=1)

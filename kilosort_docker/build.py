@@ -54,8 +54,33 @@ class BuildEvents:
     log_lines: list[str] = field(default_factory=list)
 
 
+#: Never copied into a build context: licenses, keys, credentials (they belong to run time).
+SECRET_PATTERNS = (
+    "*.lic",
+    "license.dat",
+    "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".env",
+    "config.json",
+    "*.p12",
+)
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    skipped = set(shutil.ignore_patterns("__pycache__", *SECRET_PATTERNS)(directory, names))
+    for name in sorted(skipped - {"__pycache__"}):
+        log.warning(
+            "not copying %s/%s into the build context: it may hold a secret", directory, name
+        )
+    return skipped
+
+
 def _copy_tree(src: Path, dest: Path) -> None:
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=_ignore)
 
 
 @contextmanager

@@ -273,3 +273,24 @@ def check_gpu(
         )
     except common.SortError as exc:
         raise UserError(f"check_gpu failed in {image}: {str(exc).splitlines()[0]}") from None
+
+
+def check_images(
+    *,
+    profile: str = DEFAULT_PROFILE,
+    images: list[str] | None = None,
+    namespace: str | None = None,
+) -> bool:
+    """Run the image checks (no license needed) on the built images of the plan; print what
+    each found. Returns True if every check passed; raises UserError if an image is missing."""
+    from kilosort_docker import checks
+
+    the_plan = make_plan(profile=profile, images=images, namespace=namespace)
+    client = engine.connect()
+    findings = []
+    for step in the_plan.steps:
+        if not engine.image_exists(client, step.refs[0]):
+            raise UserError(f"{step.refs[0]} is not built: run `invoke build` first")
+        findings += checks.run_checks(client, step.refs[0], pins=the_plan.pins, spec=step.spec)
+    ui.console.print(ui.findings_table(findings))
+    return all(f.ok for f in findings)

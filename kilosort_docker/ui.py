@@ -145,3 +145,13 @@ def runtime_table(predictions, compute_capability: str) -> Table:
     for item in predictions:
         table.add_row(item.binary, words.get(item.mode, item.mode), item.via or "-")
     return table
+
+
+def findings_table(findings) -> Table:
+    """One row per image check: image, check, PASS/FAIL, what it found."""
+    table = Table(title="Image checks")
+    for column in ("image", "check", "result", "found"):
+        table.add_column(column)
+    for item in findings:
+        table.add_row(item.image, item.check, "PASS" if item.ok else "FAIL", item.detail)
+    return table

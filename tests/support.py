@@ -216,3 +216,17 @@ def build_dockerfile(client, folder: Path, ref: str, *, buildargs: dict[str, str
         if "error" in event:
             raise RuntimeError(f"building {ref} failed: {event['error']}\n{''.join(lines)}")
     return ref
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar archive holding ``files`` (name -> content)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

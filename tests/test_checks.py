@@ -69,24 +69,30 @@ def test_broken_images_fail_the_right_check(
 
 
 def test_secret_scan_finds_extra_strings_but_never_prints_them():
-    import io
-    import tarfile
-
-    def tar_bytes(files: dict[str, bytes]) -> bytes:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
-
-    layer = tar_bytes(
-        {"etc/app.conf": b"token=hunter2-registry-pass\n", "home/u/.docker/config.json": b"{}"}
+    layer = support.tar_bytes(
+        {
+            "etc/app.conf": b"token=hunter2-registry-pass\n",
+            "home/u/.docker/config.json": b"{}",
+        }
     )
-    saved = tar_bytes({"abc123/layer.tar": layer, "manifest.json": b"[]"})
+    saved = support.tar_bytes({"abc123/layer.tar": layer, "manifest.json": b"[]"})
     chunks = [saved[i : i + 1000] for i in range(0, len(saved), 1000)]
     found = checks.scan_for_secrets(chunks, extra=["hunter2-registry-pass"])
     assert any("etc/app.conf: holds secret #1" in f for f in found)
     assert any(".docker/config.json" in f for f in found)
     assert not any("hunter2" in f for f in found)
+
+
+def test_check_images_task_reports_a_table(kilosort4_image):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "check-images", "--image", "kilosort4",
+         "--namespace", support.NAMESPACE],
+        cwd=support.TESTS.parent, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("non-root", "kilosort4-versions", "no-secrets", "size-budget"):
+        assert check in result.stdout
+    assert "FAIL" not in result.stdout

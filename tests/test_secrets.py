@@ -1,0 +1,81 @@
+"""Secrets reach containers only at run time: build with a fake license file and fake registry
+credentials on the host and in the environment, then scan every layer and the history."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import pytest
+
+import support
+from kilosort_docker import build, checks, commands
+
+pytestmark = pytest.mark.docker
+
+FAKE_PASSWORD = "fake-registry-password-7d1e5b"
+FAKE_LICENSE_LINE = "SERVER fake-license-server 0a1b2c3d4e5f 27000"
+
+
+def test_build_leaves_no_host_secret_in_any_layer(
+    docker_client, matlab_standin, mpm_server, fixture_repos, git_cache, tmp_path, monkeypatch
+):
+    license_file = tmp_path / "license.lic"
+    license_file.write_text(f"# FAKE license for tests\n{FAKE_LICENSE_LINE}\nUSE_SERVER\n")
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir()
+    token = base64.b64encode(f"alice:{FAKE_PASSWORD}".encode()).decode()
+    (docker_config / "config.json").write_text(
+        json.dumps({"auths": {"registry.example.org": {"auth": token}}})
+    )
+    monkeypatch.setenv("MLM_LICENSE_FILE", str(license_file))
+    monkeypatch.setenv("KILOSORT_DOCKER_REGISTRY_USER", "alice")
+    monkeypatch.setenv("KILOSORT_DOCKER_REGISTRY_PASSWORD", FAKE_PASSWORD)
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
+    # a careless user left the license file beside the MATLAB code that goes into the image
+    matlab_copy = tmp_path / "matlab"
+    shutil.copytree(build.MATLAB_DIR, matlab_copy)
+    shutil.copy2(license_file, matlab_copy / "license.lic")
+    monkeypatch.setattr(build, "MATLAB_DIR", matlab_copy)
+
+    ks_path, ks_commit = fixture_repos["kilosort"]
+    mex_root = tmp_path / "mex"
+    support.write_standin_mex(mex_root / "r2022b" / ks_commit, profile="r2022b", commit=ks_commit)
+    plan = commands.make_plan(
+        images=["kilosort3"],
+        base_image=matlab_standin,
+        mpm_url=f"{mpm_server}/mpm",
+        kilosort_repo=str(ks_path),
+        kilosort_commit=ks_commit,
+        npy_matlab_repo=str(fixture_repos["npy_matlab"][0]),
+        npy_matlab_commit=fixture_repos["npy_matlab"][1],
+        mex_binaries=str(mex_root),
+        namespace=f"{support.NAMESPACE}-secrets",
+        no_cache=True,
+    )
+    built = build.execute(plan, docker_client)
+    secrets = (FAKE_PASSWORD, token, FAKE_LICENSE_LINE, str(license_file))
+    for item in built:
+        findings = checks.run_checks(
+            docker_client,
+            item.step.refs[0],
+            pins=plan.pins,
+            only=["no-secrets"],
+            extra_secrets=secrets,
+        )
+        assert [f.ok for f in findings] == [True], findings
+    # and the scan would have seen them: the same secret in a layer is found
+    layer_hit = checks.scan_for_secrets(
+        [
+            support.tar_bytes(
+                {
+                    "x/layer.tar": support.tar_bytes(
+                        {"home/matlab/notes.txt": FAKE_PASSWORD.encode()}
+                    )
+                }
+            )
+        ],
+        extra=secrets,
+    )
+    assert layer_hit
