@@ -67,18 +67,14 @@ def main() -> int:
         )
         ks = support.make_repo(tmp / "Kilosort", support.kilosort_fixture_files(), tag="v3.0.2")
         npy = support.make_repo(tmp / "npy-matlab", support.npy_fixture_files())
-        support.write_standin_mex(tmp / "mex" / "r2022b" / ks, profile="r2022b", commit=ks)
+        chain = {
+            "base": standin,
+            "mpm": mpm,
+            "kilosort": (tmp / "Kilosort", ks),
+            "npy_matlab": (tmp / "npy-matlab", npy),
+        }
         flags = {
-            "kilosort3 chain (stand-in MATLAB)": dict(
-                images=["kilosort3"],
-                base_image=standin,
-                mpm_url=f"{mpm}/mpm",
-                kilosort_repo=str(tmp / "Kilosort"),
-                kilosort_commit=ks,
-                npy_matlab_repo=str(tmp / "npy-matlab"),
-                npy_matlab_commit=npy,
-                mex_binaries=str(tmp / "mex"),
-            ),
+            "kilosort3 chain (stand-in MATLAB)": dict(chain=chain),
             "kilosort4": dict(
                 images=["kilosort4"],
                 python_base=python_base,
@@ -86,14 +82,24 @@ def main() -> int:
                 ca_bundle=os.environ.get("PIP_CERT"),
             ),
         }
+
+        def make(extra: dict, **more):
+            chain = extra.get("chain")
+            if chain:
+                return support.standin_chain_plan(
+                    chain["base"],
+                    chain["mpm"],
+                    kilosort=chain["kilosort"],
+                    npy_matlab=chain["npy_matlab"],
+                    mex_root=tmp / "mex",
+                    namespace="kilosort-docker-bench",
+                    **more,
+                )
+            return commands.make_plan(namespace="kilosort-docker-bench", **extra, **more)
+
         for name, extra in flags.items():
-            cold, _ = timed_build(
-                client,
-                commands.make_plan(namespace="kilosort-docker-bench", no_cache=True, **extra),
-            )
-            warm, built = timed_build(
-                client, commands.make_plan(namespace="kilosort-docker-bench", **extra)
-            )
+            cold, _ = timed_build(client, make(extra, no_cache=True))
+            warm, built = timed_build(client, make(extra))
             results[name] = {
                 "cold_s": round(cold, 1),
                 "warm_s": round(warm, 1),

@@ -78,8 +78,8 @@ class MexBuildError(UserError):
 class Target:
     """One nvcc ``-gencode`` target: ``arch`` is ``compute_XY``, ``code`` ``sm_XY`` or PTX.
 
-    Mirrors ``kilosort_docker.profiles.Gencode`` (which this file cannot import in the build
-    stage); :func:`as_target` converts either kind or a ``compute_80,sm_80`` string.
+    The profiles use it too (``kilosort_docker.profiles.Gencode``); :func:`as_target` also
+    converts a ``compute_80,sm_80`` string or any object with ``arch`` and ``code``.
     """
 
     arch: str

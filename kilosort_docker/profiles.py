@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.mex import Target as Gencode
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +26,6 @@ TOOLBOXES: tuple[str, ...] = (
     "Signal_Processing_Toolbox",
     "Statistics_and_Machine_Learning_Toolbox",
 )
-
-
-@dataclass(frozen=True)
-class Gencode:
-    """One nvcc ``-gencode`` target.
-
-    ``arch`` is the virtual architecture (``compute_80``); ``code`` is ``sm_80`` for SASS or
-    ``compute_80`` for embedded PTX.
-    """
-
-    arch: str
-    code: str
-
-    @property
-    def is_ptx(self) -> bool:
-        return self.code.startswith("compute_")
-
-    @property
-    def compute_capability(self) -> tuple[int, int]:
-        """(major, minor) of the target, e.g. (8, 0) for ``sm_80``."""
-        digits = self.code.split("_", 1)[1]
-        return int(digits[:-1]), int(digits[-1])
-
-    def flag(self) -> str:
-        return f"-gencode=arch={self.arch},code={self.code}"
-
-    @classmethod
-    def parse(cls, text: str) -> Gencode:
-        """Parse ``compute_80,sm_80`` or ``arch=compute_80,code=sm_80``; raises UserError."""
-        parts = [p.split("=", 1)[-1].strip() for p in text.split(",")]
-        if (
-            len(parts) != 2
-            or not parts[0].startswith("compute_")
-            or not parts[1].startswith(("sm_", "compute_"))
-            or not all(p.split("_", 1)[1].isdigit() for p in parts)
-        ):
-            raise UserError(
-                f"bad gencode {text!r}: write it as compute_XY,sm_XY (SASS) "
-                "or compute_XY,compute_XY (PTX)"
-            )
-        return cls(parts[0], parts[1])
 
 
 def _gencodes(*sass: int, ptx: int) -> tuple[Gencode, ...]:

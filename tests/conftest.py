@@ -131,22 +131,15 @@ def kilosort3_stack(
     docker_client, matlab_standin, mpm_server, fixture_repos, git_cache, tmp_path_factory
 ):
     """The Kilosort3 chain built for real on the stand-in MATLAB base, from fixture repos."""
-    from kilosort_docker import build, commands
+    from kilosort_docker import build
 
-    ks_path, ks_commit = fixture_repos["kilosort"]
-    npy_path, _ = fixture_repos["npy_matlab"]
     mex_root = tmp_path_factory.mktemp("mex-binaries")
-    support.write_standin_mex(mex_root / "r2022b" / ks_commit, profile="r2022b", commit=ks_commit)
-    plan = commands.make_plan(
-        images=["kilosort3"],
-        base_image=matlab_standin,
-        mpm_url=f"{mpm_server}/mpm",
-        kilosort_repo=str(ks_path),
-        kilosort_commit=ks_commit,
-        npy_matlab_repo=str(npy_path),
-        npy_matlab_commit=fixture_repos["npy_matlab"][1],
-        mex_binaries=str(mex_root),
-        namespace=support.NAMESPACE,
+    plan = support.standin_chain_plan(
+        matlab_standin,
+        mpm_server,
+        kilosort=fixture_repos["kilosort"],
+        npy_matlab=fixture_repos["npy_matlab"],
+        mex_root=mex_root,
     )
     built = build.execute(plan, docker_client)
     return {"plan": plan, "built": {b.step.spec.name: b for b in built}, "mex_root": mex_root}

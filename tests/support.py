@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from kilosort_docker import mex
+
 TESTS = Path(__file__).resolve().parent
 STANDINS = TESTS / "standins"
 NAMESPACE = "kilosort-docker-test"
@@ -28,18 +30,9 @@ DEBIAN_IMAGE = f"{NAMESPACE}/debian:bookworm"
 PYTHON_IMAGE = f"{NAMESPACE}/python-base:bookworm"
 MATLAB_STANDIN_IMAGE = f"{NAMESPACE}/matlab-standin:r2022b"
 
-#: Kilosort3's mex files (FACTS.md), used to name the stand-in binaries.
-KILOSORT3_MEX = (
-    "spikedetector3",
-    "spikedetector3PC",
-    "mexThSpkPC",
-    "mexGetSpikes2",
-    "mexSVDsmall2",
-    "mexWtW2",
-    "mexFilterPCs",
-    "mexClustering2",
-    "mexDistances2",
-    "mexMPnu8",
+#: Kilosort3's mex files, as the project's mex spec lists them (names the stand-in binaries).
+KILOSORT3_MEX = tuple(
+    source.name for source in mex.get_spec("3.0.2").sources if not source.diagnostic
 )
 
 GIT_ENV = {
@@ -230,3 +223,32 @@ def tar_bytes(files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def standin_chain_plan(
+    matlab_base: str,
+    mpm_url: str,
+    *,
+    kilosort: tuple[Path, str],
+    npy_matlab: tuple[Path, str],
+    mex_root: Path,
+    namespace: str = NAMESPACE,
+    **flags,
+):
+    """The build plan of the Kilosort3 chain on the stand-in MATLAB base, from fixture
+    repositories, with stand-in mex binaries for the Kilosort commit written to ``mex_root``."""
+    from kilosort_docker import commands
+
+    write_standin_mex(mex_root / "r2022b" / kilosort[1], profile="r2022b", commit=kilosort[1])
+    return commands.make_plan(
+        images=["kilosort3"],
+        base_image=matlab_base,
+        mpm_url=f"{mpm_url}/mpm",
+        kilosort_repo=str(kilosort[0]),
+        kilosort_commit=kilosort[1],
+        npy_matlab_repo=str(npy_matlab[0]),
+        npy_matlab_commit=npy_matlab[1],
+        mex_binaries=str(mex_root),
+        namespace=namespace,
+        **flags,
+    )

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import support
-from kilosort_docker import build, checks, commands
+from kilosort_docker import build, checks
 
 pytestmark = pytest.mark.docker
 
@@ -39,18 +39,12 @@ def test_build_leaves_no_host_secret_in_any_layer(
     shutil.copy2(license_file, matlab_copy / "license.lic")
     monkeypatch.setattr(build, "MATLAB_DIR", matlab_copy)
 
-    ks_path, ks_commit = fixture_repos["kilosort"]
-    mex_root = tmp_path / "mex"
-    support.write_standin_mex(mex_root / "r2022b" / ks_commit, profile="r2022b", commit=ks_commit)
-    plan = commands.make_plan(
-        images=["kilosort3"],
-        base_image=matlab_standin,
-        mpm_url=f"{mpm_server}/mpm",
-        kilosort_repo=str(ks_path),
-        kilosort_commit=ks_commit,
-        npy_matlab_repo=str(fixture_repos["npy_matlab"][0]),
-        npy_matlab_commit=fixture_repos["npy_matlab"][1],
-        mex_binaries=str(mex_root),
+    plan = support.standin_chain_plan(
+        matlab_standin,
+        mpm_server,
+        kilosort=fixture_repos["kilosort"],
+        npy_matlab=fixture_repos["npy_matlab"],
+        mex_root=tmp_path / "mex",
         namespace=f"{support.NAMESPACE}-secrets",
         no_cache=True,
     )
