@@ -33,14 +33,6 @@ def test_project_images_pass(docker_client, kilosort3_stack):
         assert failures(findings) == {}, step.spec.name
 
 
-def test_kilosort4_image_passes(docker_client, kilosort4_image):
-    from kilosort_docker.pins import load_pins
-
-    findings = checks.run_checks(docker_client, kilosort4_image, pins=load_pins())
-    assert {f.check for f in findings} >= {"non-root", "kilosort4-versions", "no-secrets"}
-    assert failures(findings) == {}
-
-
 @pytest.mark.parametrize(
     ("broken", "check", "expected"),
     [

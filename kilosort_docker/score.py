@@ -1,0 +1,426 @@
+"""Score a sorter's phy output against a simulation's ground truth and give a verdict.
+
+:func:`read_phy` reads ``spike_times.npy``, ``spike_clusters.npy`` (or ``spike_templates.npy``)
+and ``params.py``; :func:`score` compares with the ground truth through
+:func:`spikeinterface.comparison.compare_sorter_to_ground_truth` (match window 0.4 ms;
+accuracy = tp / (tp + fn + fp); a unit is *well detected* at accuracy >= 0.8), writes
+``report.json`` and three PNG figures, and checks the numbers against the thresholds in a
+TOML file (``thresholds/<sorter>.toml``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kilosort_docker.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+WELL_DETECTED = 0.8
+#: Units at or above this SNR are "should be found" units; reported separately.
+HIGH_SNR = 5.0
+THRESHOLDS_DIR = Path(__file__).resolve().parents[1] / "thresholds"
+FIGURES = ("accuracy_sorted.png", "accuracy_vs_snr.png", "drift.png")
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits for one sorter and one recording size (a ``[[size]]`` table).
+
+    Attributes:
+        name: the table's name, e.g. ``small`` or ``probe``.
+        applies_to: the recording the numbers were set for, in words.
+        max_channels: the table applies to recordings with at most this many channels.
+        min_well_detected_fraction: well-detected units / ground-truth units, at least.
+        min_median_accuracy: median accuracy over ground-truth units, at least.
+        min_well_detected_fraction_high_snr: the same fraction over units with
+            SNR >= :data:`HIGH_SNR` (None: not checked).
+        source: the TOML file.
+    """
+
+    name: str
+    applies_to: str
+    max_channels: int
+    min_well_detected_fraction: float
+    min_median_accuracy: float
+    min_well_detected_fraction_high_snr: float | None = None
+    source: str = ""
+
+
+def thresholds_path(sorter: str) -> Path:
+    """``thresholds/<sorter>.toml`` at the repository root."""
+    return THRESHOLDS_DIR / f"{sorter}.toml"
+
+
+def load_thresholds(path: Path | str, *, n_channels: int) -> Thresholds:
+    """The first ``[[size]]`` table of ``path`` whose ``max_channels`` >= ``n_channels``.
+
+    Raises:
+        UserError: the file is missing or malformed, or no table covers ``n_channels``.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"thresholds file {path} not found: pass --thresholds FILE") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"thresholds file {path} is not valid TOML: {exc}") from exc
+    sizes = data.get("size")
+    if not isinstance(sizes, list) or not sizes:
+        raise UserError(f"{path} has no [[size]] tables: add one (see thresholds/kilosort4.toml)")
+    names = {f.name for f in dataclasses.fields(Thresholds)} - {"source"}
+    for table in sorted(sizes, key=lambda t: t.get("max_channels", 0)):
+        unknown = set(table) - names
+        if unknown:
+            raise UserError(
+                f"{path}: unknown keys {sorted(unknown)} in [[size]] {table.get('name')}"
+            )
+        if int(table.get("max_channels", 0)) >= n_channels:
+            try:
+                return Thresholds(**table, source=str(path))
+            except TypeError as exc:
+                raise UserError(
+                    f"{path}: [[size]] {table.get('name')} is incomplete: {exc}"
+                ) from exc
+    raise UserError(f"{path} has no [[size]] table for {n_channels} channels: add one")
+
+
+# --------------------------------------------------------------------------- phy input
+
+
+def read_params_py(path: Path) -> dict[str, Any]:
+    """The literal assignments of a phy ``params.py`` (no code is executed)."""
+    out: dict[str, Any] = {}
+    for node in ast.parse(path.read_text()).body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return out
+
+
+def read_phy(folder: Path | str, *, fs: float | None = None):
+    """Read a phy folder as a spikeinterface ``NumpySorting`` (every cluster, any label).
+
+    Args:
+        folder: the sorter's output folder.
+        fs: the ground truth's sampling rate in Hz; checked against ``params.py``.
+
+    Returns:
+        ``(sorting, labels)``: the sorting and a dict cluster id -> Kilosort label
+        (``good``/``mua``, from ``cluster_KSLabel.tsv``; empty if absent).
+
+    Raises:
+        UserError: missing phy files, no spikes, or a sampling rate that differs from ``fs``.
+    """
+    from spikeinterface.core import NumpySorting
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"phy folder {folder} does not exist: run the sorter first")
+    clusters = folder / "spike_clusters.npy"
+    if not clusters.is_file():
+        clusters = folder / "spike_templates.npy"
+    needed = [folder / "spike_times.npy", clusters, folder / "params.py"]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        if "spike_templates.npy" in missing:
+            missing[missing.index("spike_templates.npy")] = "spike_clusters.npy"
+        raise UserError(
+            f"phy output in {folder} lacks {', '.join(missing)}: the sort did not finish; rerun it"
+        )
+    params = read_params_py(folder / "params.py")
+    rate = params.get("sample_rate")
+    if rate is None:
+        raise UserError(f"{folder / 'params.py'} has no sample_rate: rerun the sorter")
+    rate = float(rate)
+    if fs is not None and abs(rate - fs) > 1e-6 * fs:
+        raise UserError(
+            f"sampling-rate mismatch: phy params.py says {rate:g} Hz, ground truth is {fs:g} Hz; "
+            "sort with fs set to the recording's rate"
+        )
+    times = np.load(folder / "spike_times.npy").astype(np.int64).ravel()
+    labels = np.load(clusters).astype(np.int64).ravel()
+    if times.size != labels.size:
+        raise UserError(
+            f"{folder}: spike_times.npy has {times.size} spikes but {clusters.name} "
+            f"{labels.size}: rerun the sorter"
+        )
+    if times.size == 0:
+        raise UserError(
+            f"empty sorting: {folder} holds no spikes; check the sorter log and its input"
+        )
+    ks_labels: dict[int, str] = {}
+    tsv = folder / "cluster_KSLabel.tsv"
+    if tsv.is_file():
+        for line in tsv.read_text().splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[0].strip().lstrip("-").isdigit():
+                ks_labels[int(parts[0])] = parts[1].strip()
+    order = np.argsort(times, kind="stable")
+    sorting = NumpySorting.from_samples_and_labels([times[order]], [labels[order]], rate)
+    return sorting, ks_labels
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of :func:`score`; :meth:`to_dict` is what ``report.json`` holds.
+
+    Attributes:
+        n_gt_units / n_clusters / n_good_clusters: counts.
+        n_well_detected: ground-truth units at accuracy >= 0.8.
+        n_high_snr / n_well_detected_high_snr: the same for units with SNR >= 5.
+        median_accuracy: median over ground-truth units (unmatched count as 0).
+        units: per ground-truth unit: unit, snr, peak_uv, accuracy, recall, precision, match.
+        passed: the verdict (None when no thresholds were given).
+        reasons: why it failed (empty when it passed).
+    """
+
+    sorter: str
+    n_gt_units: int
+    n_clusters: int
+    n_good_clusters: int
+    n_well_detected: int
+    n_high_snr: int
+    n_well_detected_high_snr: int
+    median_accuracy: float
+    n_false_positive_units: int
+    n_redundant_units: int
+    n_overmerged_units: int
+    units: list[dict[str, Any]]
+    simulation: Mapping[str, Any]
+    sort: Mapping[str, Any] = field(default_factory=dict)
+    thresholds: Mapping[str, Any] | None = None
+    passed: bool | None = None
+    reasons: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line: well detected, median accuracy, sort time, verdict."""
+        parts = [
+            f"{self.sorter}: {self.n_well_detected}/{self.n_gt_units} units well detected "
+            f"(accuracy >= {WELL_DETECTED})",
+            f"{self.n_well_detected_high_snr}/{self.n_high_snr} of SNR >= {HIGH_SNR:g}",
+            f"median accuracy {self.median_accuracy:.3f}",
+            f"{self.n_clusters} clusters ({self.n_good_clusters} good)",
+        ]
+        if self.sort.get("seconds"):
+            parts.append(
+                f"sorted in {self.sort['seconds']:.1f} s "
+                f"({self.sort.get('x_real_time', 0):.2f} x real time)"
+            )
+        if self.passed is not None:
+            parts.append("PASS" if self.passed else "FAIL: " + "; ".join(self.reasons))
+        return ", ".join(parts)
+
+
+def verdict(report_numbers: Mapping[str, Any], limits: Thresholds) -> list[str]:
+    """Reasons why the numbers miss ``limits`` (empty list: pass)."""
+    reasons = []
+    n_gt = report_numbers["n_gt_units"]
+    frac = report_numbers["n_well_detected"] / n_gt if n_gt else 0.0
+    if frac < limits.min_well_detected_fraction:
+        reasons.append(f"well-detected fraction {frac:.3f} < {limits.min_well_detected_fraction}")
+    if report_numbers["median_accuracy"] < limits.min_median_accuracy:
+        reasons.append(
+            f"median accuracy {report_numbers['median_accuracy']:.3f} "
+            f"< {limits.min_median_accuracy}"
+        )
+    if limits.min_well_detected_fraction_high_snr is not None and report_numbers["n_high_snr"]:
+        frac_hi = report_numbers["n_well_detected_high_snr"] / report_numbers["n_high_snr"]
+        if frac_hi < limits.min_well_detected_fraction_high_snr:
+            reasons.append(
+                f"well-detected fraction at SNR >= {HIGH_SNR:g} {frac_hi:.3f} < "
+                f"{limits.min_well_detected_fraction_high_snr}"
+            )
+    return reasons
+
+
+def score(
+    sim_folder: Path | str,
+    phy_folder: Path | str,
+    *,
+    out_dir: Path | str | None = None,
+    sorter: str = "kilosort4",
+    thresholds: Thresholds | None = None,
+    sort_seconds: float | None = None,
+    figures: bool = True,
+) -> Report:
+    """Compare ``phy_folder`` with the ground truth in ``sim_folder``.
+
+    Args:
+        sim_folder: a folder made by :func:`kilosort_docker.simulate.simulate`.
+        phy_folder: the sorter's phy output.
+        out_dir: where ``report.json`` and the figures go (default: ``phy_folder``).
+        sorter: name used in the report.
+        thresholds: limits for the verdict; None gives ``passed=None``.
+        sort_seconds: the sort's wall-clock time, for the real-time multiple.
+        figures: write the PNG figures.
+
+    Raises:
+        UserError: see :func:`read_phy` and :func:`kilosort_docker.simulate.load_ground_truth`.
+    """
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    from kilosort_docker.simulate import load_ground_truth
+
+    sim_folder, phy_folder = Path(sim_folder), Path(phy_folder)
+    gt = load_ground_truth(sim_folder)
+    manifest = json.loads((sim_folder / "manifest.json").read_text())
+    tested, ks_labels = read_phy(phy_folder, fs=gt.sampling_frequency)
+    out = Path(out_dir) if out_dir is not None else phy_folder
+    out.mkdir(parents=True, exist_ok=True)
+
+    cmp = compare_sorter_to_ground_truth(
+        gt, tested, exhaustive_gt=True, well_detected_score=WELL_DETECTED
+    )
+    perf = cmp.get_performance(method="by_unit")
+    best = cmp.best_match_12
+    gt_units = json.loads((sim_folder / "gt_units.json").read_text())
+    units = []
+    for info in gt_units:
+        uid = info["unit"]
+        row = perf.loc[uid]
+        match = best.loc[uid]
+        units.append(
+            {
+                "unit": int(uid),
+                "snr": float(info["snr"]),
+                "peak_uv": float(info["peak_uv"]),
+                "firing_rate_hz": float(info["firing_rate_hz"]),
+                "accuracy": float(row["accuracy"]),
+                "recall": float(row["recall"]),
+                "precision": float(row["precision"]),
+                "match": None if match == -1 else int(match),
+            }
+        )
+    acc = np.array([u["accuracy"] for u in units])
+    snr = np.array([u["snr"] for u in units])
+    hi = snr >= HIGH_SNR
+    duration = float(manifest["params"]["duration_s"])
+    sort_info: dict[str, Any] = {}
+    if sort_seconds:
+        sort_info = {"seconds": float(sort_seconds), "x_real_time": duration / float(sort_seconds)}
+    numbers = {
+        "n_gt_units": len(units),
+        "n_well_detected": int((acc >= WELL_DETECTED).sum()),
+        "n_high_snr": int(hi.sum()),
+        "n_well_detected_high_snr": int((acc[hi] >= WELL_DETECTED).sum()),
+        "median_accuracy": float(np.median(acc)) if acc.size else 0.0,
+    }
+    reasons = verdict(numbers, thresholds) if thresholds else []
+    fig_names: list[str] = []
+    if figures:
+        fig_names = write_figures(sim_folder, out, units, sorter=sorter)
+    report = Report(
+        sorter=sorter,
+        n_clusters=int(len(tested.unit_ids)),
+        n_good_clusters=sum(1 for v in ks_labels.values() if v == "good"),
+        n_false_positive_units=int(cmp.count_false_positive_units()),
+        n_redundant_units=int(cmp.count_redundant_units()),
+        n_overmerged_units=int(cmp.count_overmerged_units()),
+        units=units,
+        simulation=manifest,
+        sort=sort_info,
+        thresholds=dataclasses.asdict(thresholds) if thresholds else None,
+        passed=(not reasons) if thresholds else None,
+        reasons=reasons,
+        figures=fig_names,
+        **numbers,
+    )
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    log.info("%s", report.summary())
+    return report
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def write_figures(
+    sim_folder: Path, out: Path, units: list[dict[str, Any]], *, sorter: str
+) -> list[str]:
+    """Write :data:`FIGURES` into ``out``: accuracy per unit (sorted), accuracy against SNR,
+    and the simulated drift. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = np.array([u["accuracy"] for u in units])
+    rec = np.array([u["recall"] for u in units])
+    prec = np.array([u["precision"] for u in units])
+    snr = np.array([u["snr"] for u in units])
+    n_well = int((acc >= WELL_DETECTED).sum())
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    order = np.argsort(acc)[::-1]
+    ax.plot(np.arange(1, acc.size + 1), acc[order], "o-", ms=3, label="accuracy")
+    ax.plot(np.arange(1, acc.size + 1), rec[order], ".", ms=3, alpha=0.6, label="recall")
+    ax.plot(np.arange(1, acc.size + 1), prec[order], ".", ms=3, alpha=0.6, label="precision")
+    ax.axhline(WELL_DETECTED, color="k", ls="--", lw=0.8)
+    ax.set(
+        xlabel="ground-truth unit (sorted by accuracy)",
+        ylabel="score",
+        ylim=(-0.02, 1.02),
+        title=f"{sorter}: {n_well}/{acc.size} units at accuracy >= {WELL_DETECTED}",
+    )
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / FIGURES[0], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(snr, acc, s=12, c=np.where(acc >= WELL_DETECTED, "tab:green", "tab:red"))
+    ax.axhline(WELL_DETECTED, color="k", ls="--", lw=0.8)
+    ax.axvline(HIGH_SNR, color="grey", ls=":", lw=0.8)
+    ax.set(
+        xlabel="SNR (template peak / noise)",
+        ylabel="accuracy",
+        ylim=(-0.02, 1.02),
+        title=f"{sorter}: accuracy against SNR",
+    )
+    if snr.size and snr.min() > 0:
+        ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(out / FIGURES[1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    drift_file = sim_folder / "gt_drift.npy"
+    if drift_file.is_file():
+        drift = np.load(drift_file)
+        ax.plot(drift[:, 0], drift[:, 1], lw=1)
+    ax.set(xlabel="time (s)", ylabel="displacement (um)", title="simulated probe drift (vertical)")
+    fig.tight_layout()
+    fig.savefig(out / FIGURES[2], dpi=120)
+    plt.close(fig)
+    return list(FIGURES)

@@ -1,0 +1,112 @@
+"""Kilosort 4 runners: on the host (``kilosort.run_kilosort`` in this process) or in the
+``kilosort4`` image (its venv's ``python``, network off, GPU only when asked)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from kilosort_docker.errors import UserError
+from kilosort_docker.sorters import ks4_entry
+from kilosort_docker.sorters.common import (
+    DATA_MOUNT,
+    OUT_MOUNT,
+    SortResult,
+    check_data_folder,
+    run_container,
+)
+
+log = logging.getLogger(__name__)
+
+KS4_INPUTS = ("recording.bin", "ks4_settings.json", "ks4_probe.json")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def _read_info(out_dir: Path) -> dict:
+    path = out_dir / "ks_run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_kilosort4_host(
+    data_dir: Path | str, out_dir: Path | str, *, device: str = "auto"
+) -> SortResult:
+    """Sort a simulation folder with Kilosort 4 in this Python process.
+
+    Args:
+        data_dir: folder from :func:`kilosort_docker.simulate.simulate`.
+        out_dir: folder for the phy output (created).
+        device: ``auto`` (CUDA when torch sees a GPU, else CPU), ``cuda`` or ``cpu``.
+
+    Raises:
+        UserError: missing inputs, kilosort not installed, or CUDA asked for but absent.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if device not in DEVICES:
+        raise UserError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    check_data_folder(data_dir, KS4_INPUTS)
+    try:
+        import kilosort  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            "kilosort is not installed: pip install 'kilosort-docker[groundtruth]'"
+        ) from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    code = ks4_entry.main([str(data_dir), str(out_dir), device])
+    wall = time.perf_counter() - start
+    if code == 3:
+        raise UserError("device cuda asked for but torch sees no GPU: use --device cpu or auto")
+    if code != 0:
+        raise UserError(f"kilosort4 entry point failed with code {code}")
+    info = _read_info(out_dir)
+    return SortResult("kilosort4", "host", out_dir, float(info.get("seconds", wall)), info)
+
+
+def run_kilosort4_container(
+    data_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    image: str,
+    gpu: bool = False,
+    client=None,
+) -> SortResult:
+    """Sort a simulation folder with Kilosort 4 inside the ``kilosort4`` image.
+
+    The data folder is mounted read-only at ``/data``, ``out_dir`` read-write at ``/out``;
+    the container has no network. The image needs ``python`` (with kilosort and torch) on
+    its PATH; this package's entry point is passed as ``python -c`` source, so nothing of
+    ours has to be in the image.
+
+    Args:
+        data_dir: folder from :func:`kilosort_docker.simulate.simulate`.
+        out_dir: folder for the phy output (created).
+        image: image tag, e.g. ``kilosort4:4.1.7``.
+        gpu: pass every GPU to the container and require CUDA; else sort on CPU.
+        client: docker SDK client (default: from the environment).
+
+    Raises:
+        UserError: missing inputs, no Docker engine, unknown image.
+        SortError: the container exited non-zero.
+    """
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
+    check_data_folder(data_dir, KS4_INPUTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(ks4_entry.__file__).read_text()
+    command = ["python", "-c", source, DATA_MOUNT, OUT_MOUNT, "cuda" if gpu else "cpu"]
+    start = time.perf_counter()
+    run_container(
+        image,
+        command,
+        volumes={
+            str(data_dir): {"bind": DATA_MOUNT, "mode": "ro"},
+            str(out_dir): {"bind": OUT_MOUNT, "mode": "rw"},
+        },
+        gpu=gpu,
+        network=False,
+        client=client,
+    )
+    wall = time.perf_counter() - start
+    info = _read_info(out_dir)
+    return SortResult("kilosort4", "container", out_dir, float(info.get("seconds", wall)), info)

@@ -1,0 +1,54 @@
+"""Kilosort 4 inside the ``kilosort4`` image, network off, on CPU: the ground-truth verdict.
+
+Needs the ``kilosort4_image`` fixture (tests/conftest.py, yields an image tag); skips when
+it is not defined.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("spikeinterface")
+
+from kilosort_docker import score as scoring  # noqa: E402
+from kilosort_docker.simulate import SimulationParams, simulate  # noqa: E402
+from kilosort_docker.sorters import SortError, run_kilosort4_container  # noqa: E402
+from kilosort_docker.sorters.common import run_container  # noqa: E402
+
+PARAMS = SimulationParams(duration_s=120, n_channels=32, n_units=10, drift_um=5, seed=42)
+
+
+@pytest.fixture
+def image(request):
+    try:
+        return request.getfixturevalue("kilosort4_image")
+    except pytest.FixtureLookupError:
+        pytest.skip("no kilosort4_image fixture (the image is built by tests/conftest.py)")
+
+
+@pytest.mark.docker
+def test_container_has_no_network(image):
+    probe = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"
+    with pytest.raises(SortError):
+        run_container(image, ["python", "-c", probe], volumes={}, network=False)
+
+
+@pytest.mark.docker
+def test_kilosort4_in_container_recovers_units(image, tmp_path):
+    sim = simulate(PARAMS)
+    result = run_kilosort4_container(sim.folder, tmp_path / "sort", image=image, gpu=False)
+    assert result.info.get("device") == "cpu" and result.seconds > 0
+    limits = scoring.load_thresholds(scoring.thresholds_path("kilosort4"), n_channels=32)
+    report = scoring.score(
+        sim.folder,
+        result.output,
+        out_dir=tmp_path / "report",
+        thresholds=limits,
+        sort_seconds=result.seconds,
+    )
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["n_well_detected"] == report.n_well_detected
+    assert report.n_well_detected >= 8, report.summary()
+    assert report.passed, report.summary()

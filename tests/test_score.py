@@ -1,0 +1,180 @@
+"""Scoring: comparison numbers, report, figures, thresholds, and bad phy input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("spikeinterface")
+pytest.importorskip("matplotlib")
+
+from kilosort_docker import score as scoring  # noqa: E402
+from kilosort_docker.errors import UserError  # noqa: E402
+from kilosort_docker.simulate import SimulationParams, simulate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = SimulationParams(duration_s=20, n_channels=16, n_units=5, seed=11)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    return simulate(PARAMS, tmp_path_factory.mktemp("cache"), n_jobs=1)
+
+
+def write_phy(folder: Path, times, clusters, *, fs=30000.0, labels=None) -> Path:
+    """A minimal phy folder, as Kilosort writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "spike_times.npy", np.asarray(times, dtype=np.uint64))
+    np.save(folder / "spike_clusters.npy", np.asarray(clusters, dtype=np.int32))
+    (folder / "params.py").write_text(
+        f"dat_path = 'recording.bin'\nn_channels_dat = 16\ndtype = 'int16'\n"
+        f"offset = 0\nsample_rate = {fs}\nhp_filtered = False\n"
+    )
+    if labels is not None:
+        rows = "".join(f"{c}\t{lab}\n" for c, lab in labels.items())
+        (folder / "cluster_KSLabel.tsv").write_text("cluster_id\tKSLabel\n" + rows)
+    return folder
+
+
+def gt_arrays(sim):
+    return np.load(sim.folder / "gt_spike_times.npy"), np.load(sim.folder / "gt_spike_labels.npy")
+
+
+def test_perfect_sorting(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    # cluster ids need not equal unit ids; a 2-sample jitter is inside the 0.4 ms window
+    phy = write_phy(
+        tmp_path / "phy",
+        times + 2,
+        labels + 100,
+        labels={100 + u: "good" for u in range(PARAMS.n_units)},
+    )
+    limits = scoring.load_thresholds(scoring.thresholds_path("kilosort4"), n_channels=16)
+    report = scoring.score(
+        sim.folder, phy, out_dir=tmp_path / "out", thresholds=limits, sort_seconds=10.0
+    )
+    assert report.n_gt_units == PARAMS.n_units
+    assert report.n_well_detected == PARAMS.n_units
+    assert report.median_accuracy == 1.0
+    assert report.n_clusters == PARAMS.n_units and report.n_good_clusters == PARAMS.n_units
+    assert [u["match"] for u in report.units] == [100 + u for u in range(PARAMS.n_units)]
+    assert report.passed is True and report.reasons == []
+    assert report.sort["x_real_time"] == pytest.approx(PARAMS.duration_s / 10.0)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["n_well_detected"] == PARAMS.n_units and saved["passed"] is True
+    for name in scoring.FIGURES:
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PASS" in report.summary()
+
+
+def test_lost_spikes_and_merges_are_counted(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    rng = np.random.default_rng(0)
+    keep = ~((labels == 0) & (rng.random(labels.size) < 0.3))  # lose 30 % of unit 0
+    clusters = labels.copy()
+    clusters[clusters == 2] = 1  # merge units 1 and 2
+    phy = write_phy(tmp_path / "phy", times[keep], clusters[keep])
+    report = scoring.score(sim.folder, phy, out_dir=tmp_path / "out", figures=False)
+    by_unit = {u["unit"]: u for u in report.units}
+    assert 0.55 < by_unit[0]["recall"] < 0.8 and by_unit[0]["precision"] == 1.0
+    assert by_unit[0]["accuracy"] < 0.8
+    # one of the merged pair matches the merged cluster with poor precision, the other nothing
+    assert min(by_unit[1]["accuracy"], by_unit[2]["accuracy"]) < 0.8
+    assert by_unit[3]["accuracy"] == 1.0 and by_unit[4]["accuracy"] == 1.0
+    assert report.n_well_detected == 3 - (
+        by_unit[1]["accuracy"] < 0.8 and by_unit[2]["accuracy"] < 0.8
+    )
+    assert report.passed is None  # no thresholds given
+
+
+def test_verdict_fails_below_thresholds(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    keep = labels < 2  # only 2 of 5 units found
+    phy = write_phy(tmp_path / "phy", times[keep], labels[keep])
+    limits = scoring.Thresholds(
+        name="t",
+        applies_to="test",
+        max_channels=64,
+        min_well_detected_fraction=0.8,
+        min_median_accuracy=0.8,
+    )
+    report = scoring.score(sim.folder, phy, out_dir=tmp_path, thresholds=limits, figures=False)
+    assert report.n_well_detected == 2
+    assert report.passed is False
+    assert any("well-detected fraction 0.400" in r for r in report.reasons)
+    assert "FAIL" in report.summary()
+
+
+def test_missing_phy_files(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    phy = write_phy(tmp_path / "phy", times, labels)
+    (phy / "spike_clusters.npy").unlink()
+    with pytest.raises(UserError, match="lacks spike_clusters.npy"):
+        scoring.score(sim.folder, phy, figures=False)
+    with pytest.raises(UserError, match="does not exist"):
+        scoring.score(sim.folder, tmp_path / "nowhere", figures=False)
+    phy2 = write_phy(tmp_path / "phy2", times, labels)
+    (phy2 / "params.py").unlink()
+    with pytest.raises(UserError, match="lacks params.py"):
+        scoring.read_phy(phy2)
+
+
+def test_spike_templates_stand_in_for_clusters(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    phy = write_phy(tmp_path / "phy", times, labels)
+    shutil.move(phy / "spike_clusters.npy", phy / "spike_templates.npy")
+    sorting, _ = scoring.read_phy(phy, fs=PARAMS.fs)
+    assert len(sorting.unit_ids) == PARAMS.n_units
+
+
+def test_empty_sorting(sim, tmp_path):
+    phy = write_phy(tmp_path / "phy", [], [])
+    with pytest.raises(UserError, match="empty sorting"):
+        scoring.score(sim.folder, phy, figures=False)
+
+
+def test_sampling_rate_mismatch(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    phy = write_phy(tmp_path / "phy", times, labels, fs=25000.0)
+    with pytest.raises(UserError, match="sampling-rate mismatch.*25000 Hz.*30000 Hz"):
+        scoring.score(sim.folder, phy, figures=False)
+
+
+def test_messages_are_one_line(sim, tmp_path):
+    phy = write_phy(tmp_path / "phy", [], [])
+    with pytest.raises(UserError) as info:
+        scoring.read_phy(phy)
+    assert "\n" not in str(info.value)
+
+
+def test_params_py_is_not_executed(tmp_path):
+    (tmp_path / "params.py").write_text("import os\nsample_rate = 30000.\nx = os.getcwd()\n")
+    assert scoring.read_params_py(tmp_path / "params.py") == {"sample_rate": 30000.0}
+
+
+def test_repository_thresholds():
+    for sorter in ("kilosort4", "kilosort3"):
+        small = scoring.load_thresholds(scoring.thresholds_path(sorter), n_channels=32)
+        probe = scoring.load_thresholds(scoring.thresholds_path(sorter), n_channels=384)
+        assert small.name == "small" and probe.name == "probe"
+        for t in (small, probe):
+            assert 0 < t.min_well_detected_fraction <= 1 and 0 < t.min_median_accuracy <= 1
+            assert t.applies_to and str(REPO / "thresholds") in t.source
+
+
+def test_threshold_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        scoring.load_thresholds(tmp_path / "none.toml", n_channels=32)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[size]]\nname = 'x'\nmax_channels = 64\n")
+    with pytest.raises(UserError, match="incomplete"):
+        scoring.load_thresholds(bad, n_channels=32)
+    with pytest.raises(UserError, match="no \\[\\[size\\]\\] table for 1000"):
+        scoring.load_thresholds(scoring.thresholds_path("kilosort4"), n_channels=1000)
+    bad.write_text("[[size]]\nname = 'x'\nmax_channels = 64\nmin_median_accurracy = 1\n")
+    with pytest.raises(UserError, match="unknown keys"):
+        scoring.load_thresholds(bad, n_channels=32)

@@ -1,0 +1,249 @@
+"""Runners: license handling, bad input, and what is asked of Docker (with a recording client)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+
+import pytest
+
+from kilosort_docker.errors import UserError
+from kilosort_docker.sorters import (
+    SortError,
+    common,
+    kilosort3,
+    resolve_license,
+    run_kilosort,
+    run_kilosort3_container,
+    run_kilosort3_host,
+    run_kilosort4_container,
+    run_kilosort4_host,
+)
+
+# --------------------------------------------------------------------------- a fake Docker
+
+
+class FakeContainer:
+    def __init__(self, output: bytes, code: int):
+        self.output, self.code, self.removed = output, code, False
+
+    def logs(self, stream, follow):
+        yield from [self.output[i : i + 7] for i in range(0, len(self.output), 7)]
+
+    def wait(self):
+        return {"StatusCode": self.code}
+
+    def remove(self, force=False):
+        self.removed = True
+
+
+class FakeClient:
+    """Records containers.run's arguments; replies with fixed output and exit code."""
+
+    def __init__(self, output=b"hello\nworld\n", code=0):
+        self.calls = []
+        self.container = FakeContainer(output, code)
+        self.containers = self
+
+    def run(self, image, **kwargs):
+        self.calls.append((image, kwargs))
+        return self.container
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for name in ("recording.bin", "ks4_settings.json", "ks4_probe.json", "ops.mat", "chanMap.mat"):
+        (d / name).write_bytes(b"x")
+    return d
+
+
+# --------------------------------------------------------------------------- licenses
+
+
+def test_no_license_names_mlm_license_file(monkeypatch):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    with pytest.raises(UserError, match="MLM_LICENSE_FILE"):
+        resolve_license(None)
+
+
+def test_license_forms(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    server = resolve_license("27000@license.example.org")
+    assert server.kind == "server" and server.server == ("license.example.org", 27000)
+    lic = tmp_path / "license.lic"
+    lic.write_text("SERVER x")
+    assert resolve_license(str(lic)).kind == "file"
+    monkeypatch.setenv("MLM_LICENSE_FILE", "1234@host")
+    assert resolve_license().server == ("host", 1234)
+    with pytest.raises(UserError, match="neither port@host nor an existing file"):
+        resolve_license(str(tmp_path / "missing.lic"))
+
+
+def test_license_never_in_repr():
+    lic = resolve_license("27000@secret-host")
+    assert "secret-host" not in repr(lic) and "27000" not in repr(lic)
+
+
+def test_matlab_statement_quotes_paths():
+    stmt = kilosort3.matlab_statement("/d/it's", "/o", matlab_dir="/m")
+    assert stmt == "addpath('/m'); run_kilosort3('/d/it''s', '/o')"
+
+
+def test_kilosort3_container_without_license(monkeypatch, data_dir, tmp_path):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    client = FakeClient()
+    with pytest.raises(UserError, match="MLM_LICENSE_FILE"):
+        run_kilosort3_container(data_dir, tmp_path / "out", image="ks3", client=client)
+    assert client.calls == []  # nothing was started
+
+
+def test_kilosort3_container_server_license(monkeypatch, data_dir, tmp_path, caplog):
+    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licsrv")
+    client = FakeClient(output=b"License checkout from 27000@licsrv\n")
+    with caplog.at_level(logging.INFO):
+        result = run_kilosort3_container(
+            data_dir,
+            tmp_path / "out",
+            image="ks3:1",
+            mac_address="02:42:ac:11:00:02",
+            client=client,
+        )
+    image, kw = client.calls[0]
+    assert image == "ks3:1"
+    assert kw["command"][0] == "-batch" and "run_kilosort3('/data', '/out')" in kw["command"][1]
+    assert kw["environment"]["MLM_LICENSE_FILE"] == "27000@licsrv"
+    assert kw["mac_address"] == "02:42:ac:11:00:02"
+    assert kw["device_requests"][0]["Count"] == -1
+    assert kw["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert "network_mode" not in kw  # a license server needs the network
+    assert kw["volumes"][str(data_dir.resolve())] == {"bind": "/data", "mode": "ro"}
+    assert "27000@licsrv" not in caplog.text and "***" in caplog.text
+    assert result.sorter == "kilosort3" and result.mode == "container"
+
+
+def test_kilosort3_container_license_file(monkeypatch, data_dir, tmp_path):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    lic = tmp_path / "my.lic"
+    lic.write_text("x")
+    client = FakeClient()
+    run_kilosort3_container(
+        data_dir, tmp_path / "out", image="ks3", license=str(lic), client=client
+    )
+    _, kw = client.calls[0]
+    assert kw["volumes"][str(lic.resolve())] == {"bind": "/licenses/license.lic", "mode": "ro"}
+    assert kw["environment"]["MLM_LICENSE_FILE"] == "/licenses/license.lic"
+    assert kw["network_mode"] == "none"
+
+
+def test_kilosort3_host_without_matlab(monkeypatch, data_dir, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="matlab not found on PATH"):
+        run_kilosort3_host(data_dir, tmp_path / "out")
+
+
+def test_kilosort3_host_without_license(monkeypatch, data_dir, tmp_path):
+    bin_dir = tmp_path / "MATLAB" / "bin"
+    bin_dir.mkdir(parents=True)
+    fake = bin_dir / "matlab"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    with pytest.raises(UserError, match="MLM_LICENSE_FILE"):
+        run_kilosort3_host(data_dir, tmp_path / "out")
+    # a license inside the installation is enough
+    (tmp_path / "MATLAB" / "licenses").mkdir()
+    (tmp_path / "MATLAB" / "licenses" / "license.lic").write_text("x")
+    result = run_kilosort3_host(data_dir, tmp_path / "out")
+    assert result.mode == "host"
+
+
+def test_kilosort3_host_failure_is_reported(monkeypatch, data_dir, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "matlab"
+    fake.write_text("#!/bin/sh\necho 'Error using run_kilosort3: boom'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("MLM_LICENSE_FILE", "1@localhost")
+    with pytest.raises(SortError, match="exited with 1: Error using run_kilosort3: boom"):
+        run_kilosort3_host(data_dir, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- Kilosort 4
+
+
+def test_kilosort4_container_request(data_dir, tmp_path):
+    client = FakeClient()
+    run_kilosort4_container(
+        data_dir, tmp_path / "out", image="kilosort4:t", gpu=True, client=client
+    )
+    image, kw = client.calls[0]
+    assert image == "kilosort4:t"
+    assert kw["command"][:2] == ["python", "-c"] and kw["command"][3:] == ["/data", "/out", "cuda"]
+    assert "run_kilosort" in kw["command"][2]
+    assert kw["network_mode"] == "none"
+    assert kw["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert kw["volumes"][str(data_dir.resolve())]["mode"] == "ro"
+    assert client.container.removed
+
+
+def test_kilosort4_container_cpu_has_no_gpu_request(data_dir, tmp_path):
+    client = FakeClient()
+    run_kilosort4_container(data_dir, tmp_path / "out", image="k", client=client)
+    _, kw = client.calls[0]
+    assert "device_requests" not in kw and kw["command"][-1] == "cpu"
+
+
+def test_container_failure_quotes_last_line(data_dir, tmp_path):
+    client = FakeClient(output=b"starting\nTraceback\nRuntimeError: CUDA out of memory\n\n", code=1)
+    with pytest.raises(SortError, match="exited with 1: RuntimeError: CUDA out of memory"):
+        run_kilosort4_container(data_dir, tmp_path / "out", image="k", client=client)
+    assert client.container.removed
+
+
+def test_missing_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="lacks recording.bin"):
+        run_kilosort4_host(tmp_path / "empty", tmp_path / "out", device="cpu")
+    with pytest.raises(UserError, match="lacks"):
+        run_kilosort4_container(
+            tmp_path / "empty", tmp_path / "out", image="k", client=FakeClient()
+        )
+
+
+def test_bad_device_and_dispatch(data_dir, tmp_path):
+    with pytest.raises(UserError, match="device must be one of"):
+        run_kilosort4_host(data_dir, tmp_path / "out", device="tpu")
+    with pytest.raises(UserError, match="needs an image"):
+        run_kilosort("kilosort4", "container", data_dir, tmp_path / "out")
+    with pytest.raises(UserError, match="unknown sorter"):
+        run_kilosort("kilosort2", "host", data_dir, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- MATLAB style
+
+
+@pytest.mark.skipif(shutil.which("mh_style") is None, reason="miss_hit is not installed")
+@pytest.mark.parametrize("tool", ["mh_style", "mh_lint"])
+def test_matlab_entry_points_pass_miss_hit(tool):
+    files = [str(kilosort3.MATLAB_DIR / f) for f in ("run_kilosort3.m", "check_gpu.m")]
+    proc = subprocess.run([tool, *files], capture_output=True, text=True, cwd=kilosort3.MATLAB_DIR)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "everything seems fine" in proc.stdout
+
+
+def test_common_user_switch(tmp_path, monkeypatch, data_dir):
+    """Non-root callers run the container as themselves; root keeps the image's user."""
+    client = FakeClient()
+    monkeypatch.setattr(common.os, "getuid", lambda: 1234)
+    monkeypatch.setattr(common.os, "getgid", lambda: 99)
+    run_kilosort4_container(data_dir, tmp_path / "out", image="k", client=client)
+    assert client.calls[0][1]["user"] == "1234:99"
+    monkeypatch.setattr(common.os, "getuid", lambda: 0)
+    run_kilosort4_container(data_dir, tmp_path / "out2", image="k", client=client)
+    assert "user" not in client.calls[1][1]
+    assert (tmp_path / "out2").stat().st_mode & 0o777 == 0o777
