@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import nox
@@ -76,14 +77,11 @@ def gpu(session: nox.Session) -> None:
     `nox -s gpu -- --mode container --image kilosortdocker/kilosort4:4.1.7`.
     Without a virtualenv (`nox -s gpu --no-venv`) it uses the packages already installed.
     """
-    if not isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+    passthrough = isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv)
+    if not passthrough:
         session.install("-e", ".[groundtruth]")
     args = session.posargs or ["--sorter", "kilosort4", "--mode", "host"]
-    python = (
-        "python"
-        if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv)
-        else (str(Path(session.bin) / "python"))
-    )
+    python = sys.executable if passthrough else str(Path(session.bin) / "python")
     session.log("python -m kilosort_docker.groundtruth %s", " ".join(args))
     code = subprocess.run(
         [python, "-m", "kilosort_docker.groundtruth", *args], cwd=ROOT, check=False
