@@ -75,6 +75,8 @@ def make_plan(
         no_cache=no_cache,
         namespace=namespace,
     )
+    if gencode and (images is None or any(i in ("kilosort3",) for i in images)):
+        mex.toolchain_from_profile(chosen, gencode, host_compiler=host_compiler)
     pins = load_pins()
     if kilosort_commit:
         pins = replace(
@@ -95,7 +97,7 @@ def build(*, dry_run: bool = False, **flags) -> list[build_mod.BuiltImage]:
     """Build the stack (or the named images and their parents); print the plan or a summary."""
     the_plan = make_plan(**flags)
     if dry_run:
-        ui.console.print(plan.describe(the_plan), markup=False, highlight=False)
+        ui.console.print(plan.describe(the_plan), markup=False, highlight=False, soft_wrap=True)
         return []
     client = engine.connect(timeout=3600)
     with ui.progress_bar() as progress:
@@ -113,7 +115,7 @@ def push(
     if dry_run:
         push_mod.credentials()  # checks the variables without showing them
         for local, remote in pairs:
-            ui.console.print(f"would push {local} as {remote}", markup=False)
+            ui.console.print(f"would push {local} as {remote}", markup=False, soft_wrap=True)
         return []
     client = engine.connect()
     pushed = push_mod.push(
@@ -244,6 +246,10 @@ def check_gpu(
 
     lic = kilosort3.resolve_license(license)
     if image is None:
+        if shutil.which("matlab") is None:
+            raise UserError(
+                "matlab is not on PATH: install MATLAB, or pass --image to check a kilosort3 image"
+            )
         matlab = kilosort3.local_matlab()
         env = {"MLM_LICENSE_FILE": lic.value}
         done = subprocess.run(
@@ -254,6 +260,8 @@ def check_gpu(
         if done.returncode != 0:
             raise UserError("check_gpu failed in the local MATLAB (see above): fix the GPU setup")
         return
+    if not engine.image_exists(engine.connect(), image):
+        raise UserError(f"{image} is not built: run `invoke build --image kilosort3` first")
     volumes = {}
     if lic.kind == "file":
         volumes[lic.value] = {"bind": kilosort3.LICENSE_MOUNT, "mode": "ro"}

@@ -52,7 +52,8 @@ def ensure_base(client: docker.DockerClient, ref: str, *, hint: str) -> None:
             if "error" in event:
                 raise docker.errors.APIError(event["error"])
     except docker.errors.DockerException as exc:
-        reason = str(exc).splitlines()[0][:160]
+        reason = getattr(exc, "explanation", None) or str(exc)
+        reason = " ".join(reason.replace('"', "").split())[:300]
         raise UserError(
             f"base image {ref} is not present and cannot be pulled ({reason}): "
             f"`docker pull` or load it, or use a mirror with {hint}"

@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    # faiss logs each optional CPU-specific library it does not find; that is not a failure
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return _run(args)
     except UserError as exc:

@@ -128,7 +128,8 @@ def _buildargs(
         ks_repo = options.kilosort_repository or pins.kilosort3.repository
         npy_repo = options.npy_matlab_repository or pins.npy_matlab.repository
         extras += [
-            f"Kilosort {pins.kilosort3.tag or ''} from {ks_repo} at {pins.kilosort3.commit}",
+            f"Kilosort {pins.kilosort3.tag or pins.kilosort3.version} from {ks_repo} at "
+            f"{pins.kilosort3.commit}",
             f"npy-matlab from {npy_repo} at {pins.npy_matlab.commit}",
             "matlab/ (start-up adds Kilosort and npy-matlab to the path)",
         ]
@@ -145,10 +146,24 @@ def _buildargs(
         shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
         if folder.is_dir() and not options.compile_mex:
             extras.append(f"mex files from {shown} (checked against its manifest)")
-        else:
+        elif options.cuda_toolkit or profile.cuda_installer_sha256:
             source = options.cuda_toolkit or f"NVIDIA's installer {profile.cuda_installer_url}"
             extras.append(
                 f"mex files compiled in the mex-build stage with CUDA {profile.cuda} from {source}"
+            )
+        else:
+            extras.append(
+                f"WARNING: no committed mex binaries in {shown} and no pinned sha256 for NVIDIA's "
+                f"CUDA {profile.cuda} installer: this image cannot be built; pass --cuda-toolkit "
+                "DIR or commit binaries with `invoke build-mex`"
+            )
+        if options.gencode or options.ensure_determ:
+            extras.append(
+                "compile options: "
+                + ", ".join(
+                    [*(f"--gencode {g}" for g in options.gencode)]
+                    + (["ENSURE_DETERM"] if options.ensure_determ else [])
+                )
             )
     elif spec.name == "kilosort4":
         args |= {

@@ -129,12 +129,12 @@ def _get(
     except requests.exceptions.Timeout:
         raise UserError(
             f"network down or {_host(url)} too slow: {what} timed out; check the connection "
-            "or proxy and retry"
+            "or proxy, or use a mirror (--github-api, --pypi-url)"
         ) from None
     except requests.exceptions.RequestException as exc:
         raise UserError(
             f"network down or {_host(url)} unreachable ({type(exc).__name__}) while fetching "
-            f"{what}: check the connection or proxy and retry"
+            f"{what}: check the connection or proxy, or use a mirror (--github-api, --pypi-url)"
         ) from None
     if response.status_code in (403, 429) and _rate_limited(response):
         raise UserError(

@@ -174,7 +174,9 @@ def local_matlab(matlab: str = "matlab") -> Path:
     """The MATLAB executable on PATH (or at ``matlab``); UserError if there is none."""
     found = shutil.which(matlab)
     if not found:
-        raise UserError(f"{matlab} not found on PATH: install MATLAB or use --mode container")
+        raise UserError(
+            f"{matlab} not found on PATH: install MATLAB, or run in the kilosort3 image instead"
+        )
     return Path(found)
 
 
