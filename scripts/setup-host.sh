@@ -20,6 +20,8 @@ fi
 
 if ! docker info >/dev/null 2>&1; then
     echo "setup: starting dockerd (log: /var/log/kilosort-docker-dockerd.log)"
+    # a dockerd that was killed leaves its pid file behind
+    pgrep -x dockerd >/dev/null || rm -f /var/run/docker.pid
     # Only the local unix socket: no TCP listener.
     nohup dockerd --host unix:///var/run/docker.sock >/var/log/kilosort-docker-dockerd.log 2>&1 &
     for _ in $(seq 60); do
