@@ -79,7 +79,7 @@ def main() -> int:
                 images=["kilosort4"],
                 python_base=python_base,
                 wheelhouse=args.wheelhouse,
-                ca_bundle=os.environ.get("PIP_CERT"),
+                ca_bundle=support.host_ca_bundle(),
             ),
         }
 

@@ -154,7 +154,7 @@ def kilosort4_image(docker_client, python_base, wheelhouse):
         images=["kilosort4"],
         python_base=python_base,
         wheelhouse=str(wheelhouse) if wheelhouse else None,
-        ca_bundle=os.environ.get("PIP_CERT") or None,
+        ca_bundle=support.host_ca_bundle(),
         namespace=support.NAMESPACE,
     )
     built = build.execute(plan, docker_client)

@@ -252,3 +252,17 @@ def standin_chain_plan(
         namespace=namespace,
         **flags,
     )
+
+
+def host_ca_bundle() -> str | None:
+    """The CA bundle this host trusts (pip's, else the system's), so that pip inside a test
+    build trusts the same certificates (e.g. a TLS-inspecting proxy's); None if there is none."""
+    for value in (
+        os.environ.get("PIP_CERT"),
+        os.environ.get("SSL_CERT_FILE"),
+        os.environ.get("REQUESTS_CA_BUNDLE"),
+        "/etc/ssl/certs/ca-certificates.crt",
+    ):
+        if value and Path(value).is_file():
+            return value
+    return None
