@@ -78,6 +78,14 @@ class Target:
     pins: Pins
     extra_secrets: tuple[str, ...] = ()
     _image: object = field(default=None, repr=False)
+    _facts: dict = field(default_factory=dict, repr=False)
+
+    def fact(self, key: str, compute: Callable[[Target], object]):
+        """``compute(self)``, computed once per image: several checks share the manifest, the
+        file listing and ldd's output, each of which costs a container."""
+        if key not in self._facts:
+            self._facts[key] = compute(self)
+        return self._facts[key]
 
     @property
     def image(self):
@@ -184,13 +192,12 @@ def _kilosort_commit(target: Target) -> tuple[bool, str]:
 
 
 def _manifest(target: Target) -> dict:
-    return json.loads(target.read_file(MANIFEST_IN_IMAGE))
+    return target.fact("manifest", lambda t: json.loads(t.read_file(MANIFEST_IN_IMAGE)))
 
 
 def _present(target: Target) -> list[str]:
     """Mex files of the manifest that are in the image (the other checks look at these)."""
-    _, out = target.sh(f"ls {KILOSORT_DIR}/CUDA")
-    found = set(out.split())
+    found = set(target.fact("ls", lambda t: t.sh(f"ls {KILOSORT_DIR}/CUDA")[1]).split())
     return [name for name in sorted(_manifest(target)["binaries"]) if name in found]
 
 
@@ -277,7 +284,11 @@ def _matlab_library_path(target: Target) -> str:
 
 def _ldd(target: Target) -> dict[str, dict[str, str]]:
     """``{mex file: {library: resolved path or 'not found'}}`` as ldd sees it with MATLAB's
-    library path."""
+    library path (run once per image)."""
+    return target.fact("ldd", _run_ldd)
+
+
+def _run_ldd(target: Target) -> dict[str, dict[str, str]]:
     script = (
         f'export LD_LIBRARY_PATH="{_matlab_library_path(target)}"; '
         f'for f in {KILOSORT_DIR}/CUDA/*.mexa64; do echo "== $f"; ldd "$f"; done'

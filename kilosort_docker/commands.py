@@ -262,12 +262,7 @@ def check_gpu(
         return
     if not engine.image_exists(engine.connect(), image):
         raise UserError(f"{image} is not built: run `invoke build --image kilosort3` first")
-    volumes = {}
-    if lic.kind == "file":
-        volumes[lic.value] = {"bind": kilosort3.LICENSE_MOUNT, "mode": "ro"}
-        env = {"MLM_LICENSE_FILE": kilosort3.LICENSE_MOUNT}
-    else:
-        env = {"MLM_LICENSE_FILE": lic.value}
+    volumes, env = lic.container_access()
     try:
         common.run_container(
             image,

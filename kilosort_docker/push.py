@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from kilosort_docker import tags
+from kilosort_docker import engine, tags
 from kilosort_docker.errors import UserError
 from kilosort_docker.plan import BuildPlan
 
@@ -113,17 +113,15 @@ def push(
     auth = credentials()
     pairs = targets(plan, registry=registry, namespace=namespace)
     for local, _ in pairs:
-        try:
-            client.images.get(local)
-        except docker.errors.ImageNotFound:
-            raise UserError(f"{local} is not built: run `invoke build` first") from None
+        if not engine.image_exists(client, local):
+            raise UserError(f"{local} is not built: run `invoke build` first")
     added: list[str] = []
     results: list[Pushed] = []
     try:
         for local, remote in pairs:
             if remote != local:
                 repo, _, tag = remote.rpartition(":")
-                existed = _exists(client, remote)
+                existed = engine.image_exists(client, remote)
                 client.api.tag(local, repo, tag, force=True)
                 if not existed:
                     added.append(remote)
@@ -140,11 +138,3 @@ def push(
                 log.warning("could not remove tag %s", remote)
         raise
     return results
-
-
-def _exists(client: docker.DockerClient, ref: str) -> bool:
-    try:
-        client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return False
-    return True

@@ -56,6 +56,16 @@ class License:
         m = _NETWORK_LICENSE.match(self.value)
         return (m["host"], int(m["port"])) if m else None
 
+    def container_access(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """(volumes, environment) that give a container this license at run time: a file is
+        mounted read-only at :data:`LICENSE_MOUNT`; a server is passed as ``MLM_LICENSE_FILE``."""
+        if self.kind == "file":
+            return (
+                {self.value: {"bind": LICENSE_MOUNT, "mode": "ro"}},
+                {"MLM_LICENSE_FILE": LICENSE_MOUNT},
+            )
+        return {}, {"MLM_LICENSE_FILE": self.value}
+
     def reachable(self, *, timeout_s: float = 3.0) -> str | None:
         """None when the license looks usable, else a one-line reason.
 
@@ -147,11 +157,8 @@ def run_kilosort3_container(
         str(out_dir): {"bind": OUT_MOUNT, "mode": "rw"},
         str(MATLAB_DIR): {"bind": MATLAB_MOUNT, "mode": "ro"},
     }
-    if lic.kind == "file":
-        volumes[lic.value] = {"bind": LICENSE_MOUNT, "mode": "ro"}
-        env = {"MLM_LICENSE_FILE": LICENSE_MOUNT}
-    else:
-        env = {"MLM_LICENSE_FILE": lic.value}
+    license_volumes, env = lic.container_access()
+    volumes.update(license_volumes)
     stmt = matlab_statement(DATA_MOUNT, OUT_MOUNT, matlab_dir=MATLAB_MOUNT)
     start = time.perf_counter()
     run_container(
