@@ -9,13 +9,13 @@ import functools
 
 from invoke import Exit, task
 
-from kilosort_docker import bump as bump_mod
 from kilosort_docker import commands, ui
-from kilosort_docker import release as release_mod
-from kilosort_docker import upstream as upstream_mod
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import ROOT
-from kilosort_docker.profiles import DEFAULT_PROFILE
+from kilosort_docker.images.pins import ROOT
+from kilosort_docker.images.profiles import DEFAULT_PROFILE
+from kilosort_docker.release import bump as bump_mod
+from kilosort_docker.release import release as release_mod
+from kilosort_docker.release import upstream as upstream_mod
 
 BUILD_HELP = {
     "profile": f"release profile (default {DEFAULT_PROFILE}; `invoke profiles` lists them)",

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from kilosort_docker import groundtruth
+from kilosort_docker.groundtruth import run as groundtruth
 
 COMMON = [
     "--device",

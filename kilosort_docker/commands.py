@@ -12,13 +12,14 @@ from pathlib import Path
 
 import docker.errors
 
-from kilosort_docker import build as build_mod
-from kilosort_docker import engine, mex, mexstage, plan, ui
-from kilosort_docker import push as push_mod
+from kilosort_docker import engine, mex, ui
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import check_commit, load_pins
-from kilosort_docker.profiles import DEFAULT_PROFILE, get_profile
-from kilosort_docker.tags import LABEL_PREFIX
+from kilosort_docker.images import build as build_mod
+from kilosort_docker.images import mexstage, plan
+from kilosort_docker.images import push as push_mod
+from kilosort_docker.images.pins import check_commit, load_pins
+from kilosort_docker.images.profiles import DEFAULT_PROFILE, get_profile
+from kilosort_docker.images.tags import LABEL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def check_gpu(
 
     Raises UserError without a license (``MLM_LICENSE_FILE``), Docker engine or MATLAB.
     """
-    from kilosort_docker.sorters import common, kilosort3
+    from kilosort_docker.groundtruth.sorters import common, kilosort3
 
     lic = kilosort3.resolve_license(license)
     if image is None:
@@ -286,7 +287,7 @@ def check_images(
 ) -> bool:
     """Run the image checks (no license needed) on the built images of the plan; print what
     each found. Returns True if every check passed; raises UserError if an image is missing."""
-    from kilosort_docker import checks
+    from kilosort_docker.images import checks
 
     the_plan = make_plan(profile=profile, images=images, namespace=namespace)
     client = engine.connect()

@@ -16,11 +16,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kilosort_docker.build import BuildEvents, BuiltImage
-from kilosort_docker.plan import BuildPlan, BuildStep
-from kilosort_docker.profiles import PROFILES
-from kilosort_docker.push import Pushed
-from kilosort_docker.stack import STACK
+from kilosort_docker.images.build import BuildEvents, BuiltImage
+from kilosort_docker.images.plan import BuildPlan, BuildStep
+from kilosort_docker.images.profiles import PROFILES
+from kilosort_docker.images.push import Pushed
+from kilosort_docker.images.stack import STACK
 
 console = Console(stderr=False, highlight=False)
 

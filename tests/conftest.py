@@ -131,7 +131,7 @@ def kilosort3_stack(
     docker_client, matlab_standin, mpm_server, fixture_repos, git_cache, tmp_path_factory
 ):
     """The Kilosort3 chain built for real on the stand-in MATLAB base, from fixture repos."""
-    from kilosort_docker import build
+    from kilosort_docker.images import build
 
     mex_root = tmp_path_factory.mktemp("mex-binaries")
     plan = support.standin_chain_plan(
@@ -148,7 +148,8 @@ def kilosort3_stack(
 @pytest.fixture(scope="session")
 def kilosort4_image(docker_client, python_base, wheelhouse):
     """The kilosort4 image built for real from the local Python base (tag of the image)."""
-    from kilosort_docker import build, commands
+    from kilosort_docker import commands
+    from kilosort_docker.images import build
 
     plan = commands.make_plan(
         images=["kilosort4"],

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kilosort_docker import build, commands
+from kilosort_docker import commands
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import build
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -96,7 +96,7 @@ def test_tags_and_labels(docker_client, kilosort3_stack, fixture_repos):
 
 
 def test_kilosort4_imports_pinned_versions_as_non_root(docker_client, kilosort4_image):
-    from kilosort_docker.pins import load_pins
+    from kilosort_docker.images.pins import load_pins
 
     pins = load_pins()
     code, out = run_in(

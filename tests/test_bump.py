@@ -18,9 +18,9 @@ import pytest
 import tomllib
 from test_upstream import COMMITS, REPO_ROOT, FakeAPI, closed_port, isolate, serve_fake_api
 
-from kilosort_docker import bump
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import Release, load_pins
+from kilosort_docker.images.pins import Release, load_pins
+from kilosort_docker.release import bump
 
 FILES = ("kilosort-docker.toml", "VERSION", "CHANGELOG.md")
 TODAY = dt.date(2026, 12, 1)

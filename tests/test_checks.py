@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import support
-from kilosort_docker import checks, stack
+from kilosort_docker.images import checks, stack
 
 pytestmark = pytest.mark.docker
 

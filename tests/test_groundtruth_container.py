@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("spikeinterface")
 
 from kilosort_docker import score as scoring  # noqa: E402
-from kilosort_docker.simulate import SimulationParams, simulate  # noqa: E402
-from kilosort_docker.sorters import SortError, run_kilosort4_container  # noqa: E402
-from kilosort_docker.sorters.common import run_container  # noqa: E402
+from kilosort_docker.groundtruth.simulate import SimulationParams, simulate  # noqa: E402
+from kilosort_docker.groundtruth.sorters import SortError, run_kilosort4_container  # noqa: E402
+from kilosort_docker.groundtruth.sorters.common import run_container  # noqa: E402
 
 PARAMS = SimulationParams(duration_s=120, n_channels=32, n_units=10, drift_um=5, seed=42)
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("spikeinterface")
 
 from kilosort_docker import groundtruth  # noqa: E402
-from kilosort_docker.sorters import SortResult  # noqa: E402
+from kilosort_docker.groundtruth.sorters import SortResult  # noqa: E402
 
 
 def fake_sorter(jitter: int = 0):
@@ -34,7 +34,7 @@ SMALL = ["--duration", "8", "--channels", "16", "--units", "4", "--device", "cpu
 
 
 def test_pipeline_with_a_perfect_sorter(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("kilosort_docker.sorters.run_kilosort", fake_sorter())
+    monkeypatch.setattr("kilosort_docker.groundtruth.sorters.run_kilosort", fake_sorter())
     out = tmp_path / "out"
     code = groundtruth.main(
         [*SMALL, "--out", str(out), "--cache", str(tmp_path / "cache"), "--repeat", "2", "-q"]
@@ -50,7 +50,7 @@ def test_pipeline_with_a_perfect_sorter(tmp_path, monkeypatch, capsys):
 
 
 def test_fail_verdict_gives_exit_1(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("kilosort_docker.sorters.run_kilosort", fake_sorter(jitter=400))
+    monkeypatch.setattr("kilosort_docker.groundtruth.sorters.run_kilosort", fake_sorter(jitter=400))
     code = groundtruth.main([*SMALL, "--out", str(tmp_path), "--cache", str(tmp_path / "c"), "-q"])
     assert code == groundtruth.EXIT_FAIL
     assert "FAIL" in capsys.readouterr().out

@@ -21,7 +21,7 @@ import pytest
 
 from kilosort_docker import mex
 from kilosort_docker.errors import UserError
-from kilosort_docker.profiles import get_profile
+from kilosort_docker.images.profiles import get_profile
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "standins" / "cuda-sources"

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import support
-from kilosort_docker import build, commands, mex, mexstage
+from kilosort_docker import commands, mex
 from kilosort_docker.errors import UserError
-from kilosort_docker.profiles import Gencode
+from kilosort_docker.images import build, mexstage
+from kilosort_docker.images.profiles import Gencode
 
 pytestmark = pytest.mark.docker
 

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from kilosort_docker import plan, stack, tags
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import Release, load_pins
-from kilosort_docker.profiles import PROFILES, Gencode, get_profile
+from kilosort_docker.images import plan, stack, tags
+from kilosort_docker.images.pins import Release, load_pins
+from kilosort_docker.images.profiles import PROFILES, Gencode, get_profile
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 
 import support
-from kilosort_docker import push
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import push
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 

@@ -11,10 +11,10 @@ import tomllib
 from test_bump import TODAY, git, make_git_copy
 from test_upstream import COMMITS, FakeAPI, isolate, serve_fake_api
 
-from kilosort_docker import bump
-from kilosort_docker import release as release_mod
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import Release
+from kilosort_docker.images.pins import Release
+from kilosort_docker.release import bump
+from kilosort_docker.release import release as release_mod
 
 
 @pytest.fixture

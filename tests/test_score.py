@@ -14,7 +14,7 @@ pytest.importorskip("matplotlib")
 
 from kilosort_docker import score as scoring  # noqa: E402
 from kilosort_docker.errors import UserError  # noqa: E402
-from kilosort_docker.simulate import SimulationParams, simulate  # noqa: E402
+from kilosort_docker.groundtruth.simulate import SimulationParams, simulate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = SimulationParams(duration_s=20, n_channels=16, n_units=5, seed=11)

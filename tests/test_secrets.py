@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import support
-from kilosort_docker import build, checks
+from kilosort_docker.images import build, checks
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ pytest.importorskip("spikeinterface")
 scipy_io = pytest.importorskip("scipy.io")
 
 from kilosort_docker.errors import UserError  # noqa: E402
-from kilosort_docker.simulate import (  # noqa: E402
+from kilosort_docker.groundtruth.simulate import (  # noqa: E402
     KS3_NT,
     SimulationParams,
     load_ground_truth,

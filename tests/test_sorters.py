@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.sorters import (
+from kilosort_docker.groundtruth.sorters import (
     SortError,
     common,
     kilosort3,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kilosort_docker import upstream
 from kilosort_docker.errors import UserError
+from kilosort_docker.release import upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PINNED_FILES = ("kilosort-docker.toml", "VERSION", "CHANGELOG.md")

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kilosort_docker.bump import CHANGELOG_NAME, CONFIG_NAME, VERSION_NAME, changelog_has
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import ROOT, Release, load_pins
+from kilosort_docker.images.pins import ROOT, Release, load_pins
+from kilosort_docker.release.bump import CHANGELOG_NAME, CONFIG_NAME, VERSION_NAME, changelog_has
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from kilosort_docker import engine, mexstage, sources
+from kilosort_docker import engine
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import ROOT
-from kilosort_docker.plan import BuildPlan, BuildStep
+from kilosort_docker.images import mexstage, sources
+from kilosort_docker.images.plan import BuildPlan, BuildStep
+from kilosort_docker.paths import MATLAB_DIR
 
 log = logging.getLogger(__name__)
 
-MATLAB_DIR = ROOT / "matlab"
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 

@@ -23,11 +23,13 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
 
-from kilosort_docker import stack
-from kilosort_docker.pins import Pins
-from kilosort_docker.profiles import PROFILES, Profile
-from kilosort_docker.stack import ImageSpec
-from kilosort_docker.tags import LABEL_PREFIX
+from kilosort_docker.images import stack
+from kilosort_docker.images.pins import Pins
+from kilosort_docker.images.profiles import PROFILES, Profile
+from kilosort_docker.images.stack import ImageSpec
+from kilosort_docker.images.tags import LABEL_PREFIX
+from kilosort_docker.paths import KILOSORT_COMMIT_FILE, KILOSORT_DIR
+from kilosort_docker.paths import MEX_MANIFEST_IN_IMAGE as MANIFEST_IN_IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,6 @@ log = logging.getLogger(__name__)
 DRIVER_LIBRARIES = ("libcuda.so", "libnvidia-")
 #: The most a kilosort4 image may weigh (CUDA builds of PyTorch are large), in GB.
 KILOSORT4_SIZE_BUDGET_GB = 12.0
-MANIFEST_IN_IMAGE = "/opt/kilosort-docker/mex-manifest.json"
-KILOSORT_DIR = "/opt/kilosort"
 
 _SECRET_NAMES = re.compile(
     r"(^|/)(license\.(lic|dat)|[^/]*\.lic|\.netrc|\.git-credentials|\.docker/config\.json"
@@ -180,9 +180,9 @@ def _toolboxes(target: Target) -> tuple[bool, str]:
 def _kilosort_commit(target: Target) -> tuple[bool, str]:
     label = target.labels.get(f"{LABEL_PREFIX}.kilosort.commit", "")
     try:
-        recorded = target.read_file("/opt/kilosort-docker/kilosort.commit").decode().strip()
+        recorded = target.read_file(KILOSORT_COMMIT_FILE).decode().strip()
     except FileNotFoundError:
-        return False, "/opt/kilosort-docker/kilosort.commit is missing"
+        return False, f"{KILOSORT_COMMIT_FILE} is missing"
     pin = target.pins.kilosort3.commit
     if recorded != label:
         return False, f"checked-out commit {recorded[:12]} differs from the label {label[:12]}"

@@ -23,7 +23,7 @@ import requests
 from packaging.version import InvalidVersion, Version
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import ROOT, load_pins
+from kilosort_docker.images.pins import ROOT, load_pins
 
 log = logging.getLogger(__name__)
 

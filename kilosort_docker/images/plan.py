@@ -11,16 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kilosort_docker import stack, tags
-from kilosort_docker.pins import ROOT, Pins
-from kilosort_docker.profiles import Profile
-from kilosort_docker.stack import ImageSpec
+from kilosort_docker.images import stack, tags
+from kilosort_docker.images.pins import Pins
+from kilosort_docker.images.profiles import Profile
+from kilosort_docker.images.stack import ImageSpec
+from kilosort_docker.paths import KILOSORT_DIR, MEX_BINARIES_DIR, NPY_MATLAB_DIR, ROOT
 
 log = logging.getLogger(__name__)
-
-KILOSORT_DIR = "/opt/kilosort"
-NPY_MATLAB_DIR = "/opt/npy-matlab"
-MEX_BINARIES_DIR = ROOT / "mex-binaries"
 
 
 @dataclass(frozen=True)

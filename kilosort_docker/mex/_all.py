@@ -15,7 +15,8 @@ holds the data (which sources, which per-file flags) and turns it into:
 Standard library only, Python >= 3.8 (Ubuntu 20.04's python3, as in the R2022b image): the
 build stage copies this single file and runs it with ``python3 mex.py ...`` where no
 third-party package (nor the rest of ``kilosort_docker``) is installed.
-Host code passes a :class:`kilosort_docker.profiles.Profile` to :func:`toolchain_from_profile`.
+Host code passes a :class:`kilosort_docker.images.profiles.Profile` to
+:func:`toolchain_from_profile`.
 
 Sources: Kilosort3 ``CUDA/mexGPUall.m`` (v3.0.2, commit c43f524) for the file list and flags;
 ``mexcuda -v`` output of MATLAB R2022b for the command shape; NVIDIA's CUDA compiler driver
@@ -78,7 +79,7 @@ class MexBuildError(UserError):
 class Target:
     """One nvcc ``-gencode`` target: ``arch`` is ``compute_XY``, ``code`` ``sm_XY`` or PTX.
 
-    The profiles use it too (``kilosort_docker.profiles.Gencode``); :func:`as_target` also
+    The profiles use it too (``kilosort_docker.images.profiles.Gencode``); :func:`as_target` also
     converts a ``compute_80,sm_80`` string or any object with ``arch`` and ``code``.
     """
 
@@ -1372,7 +1373,7 @@ def _plan_from_args(args: argparse.Namespace) -> BuildPlan:
     else:
         if args.profile:
             try:
-                from kilosort_docker.profiles import get_profile
+                from kilosort_docker.images.profiles import get_profile
             except ImportError as exc:
                 raise UserError(
                     "--profile needs the kilosort_docker package: pass --plan or the "

@@ -21,9 +21,9 @@ from pathlib import Path
 import tomlkit
 import tomlkit.exceptions
 
-from kilosort_docker import upstream
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import ROOT, Release, load_pins
+from kilosort_docker.images.pins import ROOT, Release, load_pins
+from kilosort_docker.release import upstream
 
 log = logging.getLogger(__name__)
 

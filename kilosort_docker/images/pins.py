@@ -13,8 +13,8 @@ from pathlib import Path
 import tomllib
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = ROOT / "kilosort-docker.toml"
 VERSION_FILE = ROOT / "VERSION"
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from kilosort_docker import engine, tags
+from kilosort_docker import engine
 from kilosort_docker.errors import UserError
-from kilosort_docker.plan import BuildPlan
+from kilosort_docker.images import tags
+from kilosort_docker.images.plan import BuildPlan
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from kilosort_docker.errors import UserError
-
-DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
+from kilosort_docker.paths import DOCKER_DIR
 
 ExternalBase = Literal["matlab", "python"]
 

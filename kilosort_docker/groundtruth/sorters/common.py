@@ -11,12 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.paths import DATA_MOUNT, OUT_MOUNT  # noqa: F401 (the runners' mounts)
 
 log = logging.getLogger(__name__)
-
-#: Where the simulation folder and the output folder appear inside a container.
-DATA_MOUNT = "/data"
-OUT_MOUNT = "/out"
 
 
 class SortError(RuntimeError):
@@ -48,7 +45,8 @@ def check_data_folder(data_dir: Path, names: Sequence[str]) -> None:
     missing = [n for n in names if not (data_dir / n).is_file()]
     if missing:
         raise UserError(
-            f"{data_dir} lacks {', '.join(missing)}: pass a folder made by kilosort_docker.simulate"
+            f"{data_dir} lacks {', '.join(missing)}: pass a folder made by "
+            "kilosort_docker.groundtruth.simulate"
         )
 
 

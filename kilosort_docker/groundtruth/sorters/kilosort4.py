@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.sorters import ks4_entry
-from kilosort_docker.sorters.common import (
+from kilosort_docker.groundtruth.sorters import ks4_entry
+from kilosort_docker.groundtruth.sorters.common import (
     DATA_MOUNT,
     OUT_MOUNT,
     SortResult,
@@ -35,7 +35,7 @@ def run_kilosort4_host(
     """Sort a simulation folder with Kilosort 4 in this Python process.
 
     Args:
-        data_dir: folder from :func:`kilosort_docker.simulate.simulate`.
+        data_dir: folder from :func:`kilosort_docker.groundtruth.simulate.simulate`.
         out_dir: folder for the phy output (created).
         device: ``auto`` (CUDA when torch sees a GPU, else CPU), ``cuda`` or ``cpu``.
 
@@ -80,7 +80,7 @@ def run_kilosort4_container(
     ours has to be in the image.
 
     Args:
-        data_dir: folder from :func:`kilosort_docker.simulate.simulate`.
+        data_dir: folder from :func:`kilosort_docker.groundtruth.simulate.simulate`.
         out_dir: folder for the phy output (created).
         image: image tag, e.g. ``kilosort4:4.1.7``.
         gpu: pass every GPU to the container and require CUDA; else sort on CPU.

@@ -12,9 +12,9 @@ import datetime as dt
 import os
 import subprocess
 
-from kilosort_docker.pins import ROOT, Pins
-from kilosort_docker.profiles import DEFAULT_PROFILE, Profile
-from kilosort_docker.stack import ImageSpec
+from kilosort_docker.images.pins import ROOT, Pins
+from kilosort_docker.images.profiles import DEFAULT_PROFILE, Profile
+from kilosort_docker.images.stack import ImageSpec
 
 LABEL_PREFIX = "io.kilosort-docker"
 

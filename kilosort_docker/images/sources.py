@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.pins import GitPin
+from kilosort_docker.images.pins import GitPin
 
 log = logging.getLogger(__name__)
 

@@ -266,7 +266,7 @@ def kilosort4_probe(probe) -> dict[str, Any]:
     """Kilosort 4 probe dictionary (JSON-able lists): chanMap (0-based), xc, yc, kcoords, n_chan.
 
     Turn the lists into numpy arrays before passing the dict to ``run_kilosort``
-    (:func:`kilosort_docker.sorters.load_kilosort4_inputs` does).
+    (:func:`kilosort_docker.groundtruth.sorters.load_kilosort4_inputs` does).
     """
     n = probe.get_contact_count()
     pos = np.asarray(probe.contact_positions, dtype=float)

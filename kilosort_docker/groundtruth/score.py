@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.paths import THRESHOLDS_DIR
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 WELL_DETECTED = 0.8
 #: Units at or above this SNR are "should be found" units; reported separately.
 HIGH_SNR = 5.0
-THRESHOLDS_DIR = Path(__file__).resolve().parents[1] / "thresholds"
 FIGURES = ("accuracy_sorted.png", "accuracy_vs_snr.png", "drift.png")
 
 
@@ -278,7 +278,7 @@ def score(
     """Compare ``phy_folder`` with the ground truth in ``sim_folder``.
 
     Args:
-        sim_folder: a folder made by :func:`kilosort_docker.simulate.simulate`.
+        sim_folder: a folder made by :func:`kilosort_docker.groundtruth.simulate.simulate`.
         phy_folder: the sorter's phy output.
         out_dir: where ``report.json`` and the figures go (default: ``phy_folder``).
         sorter: name used in the report.
@@ -287,11 +287,12 @@ def score(
         figures: write the PNG figures.
 
     Raises:
-        UserError: see :func:`read_phy` and :func:`kilosort_docker.simulate.load_ground_truth`.
+        UserError: see :func:`read_phy` and
+            :func:`kilosort_docker.groundtruth.simulate.load_ground_truth`.
     """
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
-    from kilosort_docker.simulate import load_ground_truth
+    from kilosort_docker.groundtruth.simulate import load_ground_truth
 
     sim_folder, phy_folder = Path(sim_folder), Path(phy_folder)
     gt = load_ground_truth(sim_folder)

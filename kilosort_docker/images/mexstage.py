@@ -16,14 +16,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kilosort_docker import mex
+from kilosort_docker import mex, paths
 from kilosort_docker.errors import UserError
-from kilosort_docker.plan import BuildPlan, mex_binaries_folder
+from kilosort_docker.images.plan import BuildPlan, mex_binaries_folder
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-DOCKER_DIR = HERE.parent / "docker" / "kilosort3"
+HERE = Path(__file__).resolve().parent.parent / "mex"
+DOCKER_DIR = paths.DOCKER_DIR / "kilosort3"
 STAGE_SRC_DIR = "/tmp/mex/src"
 
 
@@ -139,7 +139,7 @@ def stage(plan: BuildPlan, context: Path) -> str:
         )
     compile_dir = dest / "compile"
     compile_dir.mkdir()
-    shutil.copy2(HERE / "mex.py", compile_dir / "mex.py")
+    shutil.copy2(HERE / "_all.py", compile_dir / "mex.py")
     (compile_dir / "plan.json").write_text(build_plan.to_json())
     log.info("the mex-build stage will compile %d mex files", len(build_plan.spec.sources))
     return "compile"

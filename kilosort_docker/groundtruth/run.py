@@ -99,7 +99,11 @@ def preflight(plan: Plan, *, client=None) -> str | None:
     except ImportError:
         return "spikeinterface is not installed: pip install 'kilosort-docker[groundtruth]'"
     if plan.sorter == "kilosort3":
-        from kilosort_docker.sorters.kilosort3 import host_license, local_matlab, resolve_license
+        from kilosort_docker.groundtruth.sorters.kilosort3 import (
+            host_license,
+            local_matlab,
+            resolve_license,
+        )
 
         try:
             if plan.mode == "host":
@@ -125,7 +129,7 @@ def preflight(plan: Plan, *, client=None) -> str | None:
                 hint = "; use --device cpu to sort on the CPU" if plan.sorter == "kilosort4" else ""
                 return reason + hint
         return None
-    from kilosort_docker.sorters.common import docker_client
+    from kilosort_docker.groundtruth.sorters.common import docker_client
 
     try:
         client = client or docker_client()
@@ -225,9 +229,9 @@ def _say(msg: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kilosort_docker import score as scoring
-    from kilosort_docker.simulate import SimulationParams, simulate
-    from kilosort_docker.sorters import SortError, run_kilosort
+    from kilosort_docker.groundtruth import score as scoring
+    from kilosort_docker.groundtruth.simulate import SimulationParams, simulate
+    from kilosort_docker.groundtruth.sorters import SortError, run_kilosort
 
     if args.mode == "container" and not args.image:
         raise UserError("--mode container needs --image NAME:TAG")

@@ -1,14 +1,17 @@
 """Runners that sort a simulation folder with Kilosort 4 or Kilosort 3, on the host or in a
 Docker image, and return a :class:`SortResult` pointing at the phy output."""
 
-from kilosort_docker.sorters.common import SortError, SortResult
-from kilosort_docker.sorters.kilosort3 import (
+from kilosort_docker.groundtruth.sorters.common import SortError, SortResult
+from kilosort_docker.groundtruth.sorters.kilosort3 import (
     License,
     resolve_license,
     run_kilosort3_container,
     run_kilosort3_host,
 )
-from kilosort_docker.sorters.kilosort4 import run_kilosort4_container, run_kilosort4_host
+from kilosort_docker.groundtruth.sorters.kilosort4 import (
+    run_kilosort4_container,
+    run_kilosort4_host,
+)
 
 __all__ = [
     "License",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.sorters.common import (
+from kilosort_docker.groundtruth.sorters.common import (
     DATA_MOUNT,
     OUT_MOUNT,
     SortError,
@@ -24,15 +24,11 @@ from kilosort_docker.sorters.common import (
     check_data_folder,
     run_container,
 )
+from kilosort_docker.paths import LICENSE_MOUNT, MATLAB_DIR, MATLAB_MOUNT
 
 log = logging.getLogger(__name__)
 
 KS3_INPUTS = ("recording.bin", "ops.mat", "chanMap.mat")
-#: The repository's MATLAB folder (run_kilosort3.m, check_gpu.m).
-MATLAB_DIR = Path(__file__).resolve().parents[2] / "matlab"
-#: Where :data:`MATLAB_DIR` is mounted in the container.
-MATLAB_MOUNT = "/opt/kilosort-docker/matlab"
-LICENSE_MOUNT = "/licenses/license.lic"
 _NETWORK_LICENSE = re.compile(r"^(?P<port>\d{1,5})@(?P<host>[A-Za-z0-9._-]+)$")
 _NO_LICENSE = (
     "no MATLAB license: set MLM_LICENSE_FILE to port@host or to a license file path "

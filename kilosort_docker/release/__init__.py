@@ -1,0 +1,1 @@
+"""Releases: Kilosort versions upstream, version bumps, and tagging a release."""
