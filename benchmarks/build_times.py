@@ -7,8 +7,10 @@ What can be built on a machine without MathWorks or Docker Hub access: `kilosort
 Kilosort from a local fixture repository and stand-in mex files. "Cold" builds with
 --no-cache (base images and downloads from PyPI/Debian still needed); "warm" rebuilds at once.
 
-Run: python3 benchmarks/build_times.py [--wheelhouse /opt/wheels] [--out benchmarks/out]
-Writes build_times.json and build_times.png.
+Run from the repository root:
+python -m benchmarks.build_times [--wheelhouse /opt/wheels] [--out benchmarks/out]
+Writes build_times.json and build_times.png. The images, stand-ins and fixture repositories
+are the tests' (``tests.support``), and so is the Kilosort3 chain's plan.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from kilosort_docker import commands, engine
+from kilosort_docker.images import build
+from tests import support
 
-import support  # noqa: E402
-from kilosort_docker import build, commands, engine  # noqa: E402
+ROOT = support.REPO_ROOT
+NAMESPACE = "kilosort-docker-bench"
 
 
 def timed_build(client, plan) -> tuple[float, list]:
@@ -41,40 +44,16 @@ def main() -> int:
     args = parser.parse_args()
     client = engine.connect(timeout=3600)
     debian = support.debootstrap_image(client)
-    python_base = support.build_dockerfile(
-        client,
-        support.TESTS / "images" / "python-base",
-        support.PYTHON_IMAGE,
-        buildargs={"BASE_IMAGE": debian},
-    )
-    sys.path.insert(0, str(support.STANDINS / "mexapi"))
-    from make_root import make_matlab_root
+    python_base = support.build_python_base(client, debian)
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp, support.http_server(support.STANDINS / "mpm") as mpm:
         tmp = Path(tmp)
         os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
-        context = tmp / "matlab-standin"
-        import shutil
-
-        shutil.copytree(support.STANDINS / "matlab-base", context)
-        make_matlab_root(context / "matlab-root")
-        standin = support.build_dockerfile(
-            client,
-            context,
-            support.MATLAB_STANDIN_IMAGE,
-            buildargs={"BASE_IMAGE": debian, "MATLAB_RELEASE": "R2022b"},
-        )
-        ks = support.make_repo(tmp / "Kilosort", support.kilosort_fixture_files(), tag="v3.0.2")
-        npy = support.make_repo(tmp / "npy-matlab", support.npy_fixture_files())
-        chain = {
-            "base": standin,
-            "mpm": mpm,
-            "kilosort": (tmp / "Kilosort", ks),
-            "npy_matlab": (tmp / "npy-matlab", npy),
-        }
+        standin = support.build_matlab_standin(client, debian, tmp / "matlab-standin")
+        repos = support.make_fixture_repos(tmp / "repos")
         flags = {
-            "kilosort3 chain (stand-in MATLAB)": dict(chain=chain),
+            "kilosort3 chain (stand-in MATLAB)": None,
             "kilosort4": dict(
                 images=["kilosort4"],
                 python_base=python_base,
@@ -83,19 +62,12 @@ def main() -> int:
             ),
         }
 
-        def make(extra: dict, **more):
-            chain = extra.get("chain")
-            if chain:
+        def make(extra: dict | None, **more):
+            if extra is None:  # the tests' plan of the chain on the stand-ins
                 return support.standin_chain_plan(
-                    chain["base"],
-                    chain["mpm"],
-                    kilosort=chain["kilosort"],
-                    npy_matlab=chain["npy_matlab"],
-                    mex_root=tmp / "mex",
-                    namespace="kilosort-docker-bench",
-                    **more,
+                    standin, mpm, **repos, mex_root=tmp / "mex", namespace=NAMESPACE, **more
                 )
-            return commands.make_plan(namespace="kilosort-docker-bench", **extra, **more)
+            return commands.make_plan(namespace=NAMESPACE, **extra, **more)
 
         for name, extra in flags.items():
             cold, _ = timed_build(client, make(extra, no_cache=True))

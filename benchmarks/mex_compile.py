@@ -7,9 +7,10 @@ clean object and output folders, and reports the median wall times and their rat
 (sequential / parallel, so > 1 means parallel is faster). Writes ``mex_compile.json`` and a
 bar chart ``mex_compile.png`` (matplotlib, Agg) into ``--out`` (default ``benchmarks/out``).
 
-Needs nvcc (``CUDA_ROOT``, default /usr/local/cuda), make, g++ and cc.
+Needs nvcc (``CUDA_ROOT``, default /usr/local/cuda), make, g++ and cc. Run it from the
+repository root:
 
-    python3 benchmarks/mex_compile.py [--jobs N] [--repeats 3] [--gencode compute_80,sm_80 ...]
+    python -m benchmarks.mex_compile [--jobs N] [--repeats 3] [--gencode compute_80,sm_80 ...]
 """
 
 from __future__ import annotations
@@ -27,13 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from kilosort_docker import mex
+from tests.support import make_matlab_root
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "standins" / "mexapi"))
-
-from make_root import make_matlab_root  # noqa: E402
-
-from kilosort_docker import mex  # noqa: E402
 
 SOURCES = ROOT / "tests" / "standins" / "cuda-sources"
 DEFAULT_GENCODE = ("compute_75,sm_75", "compute_80,sm_80", "compute_90,sm_90",

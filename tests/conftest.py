@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Docker engine, locally made base images, stand-ins, a registry.
+"""Shared fixtures: a real Docker engine, locally made base images, stand-ins, a registry,
+the fake GitHub/PyPI server and git copies of the pin files. Helpers are in ``tests.support``.
 
 Set ``KILOSORT_DOCKER_REQUIRE_DOCKER=1`` (CI does) to fail instead of skipping when the
 engine or a tool the integration tests need is missing.
@@ -9,16 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import support  # noqa: E402
-from kilosort_docker import engine  # noqa: E402
-from kilosort_docker.errors import UserError  # noqa: E402
+from kilosort_docker import engine
+from kilosort_docker.errors import UserError
+from tests import support
 
 REQUIRE = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
 
@@ -60,29 +59,14 @@ def debian_base(docker_client):
 
 @pytest.fixture(scope="session")
 def python_base(docker_client, debian_base):
-    return support.build_dockerfile(
-        docker_client,
-        support.TESTS / "images" / "python-base",
-        support.PYTHON_IMAGE,
-        buildargs={"BASE_IMAGE": debian_base},
-    )
+    return support.build_python_base(docker_client, debian_base)
 
 
 @pytest.fixture(scope="session")
 def matlab_standin(docker_client, debian_base, tmp_path_factory):
     """The stand-in MATLAB base image (tests only), with the stand-in mex API in its root."""
-    sys.path.insert(0, str(support.STANDINS / "mexapi"))
-    from make_root import make_matlab_root
-
     context = tmp_path_factory.mktemp("matlab-standin")
-    shutil.copytree(support.STANDINS / "matlab-base", context, dirs_exist_ok=True)
-    make_matlab_root(context / "matlab-root")
-    return support.build_dockerfile(
-        docker_client,
-        context,
-        support.MATLAB_STANDIN_IMAGE,
-        buildargs={"BASE_IMAGE": debian_base, "MATLAB_RELEASE": "R2022b"},
-    )
+    return support.build_matlab_standin(docker_client, debian_base, context)
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +79,7 @@ def mpm_server():
 @pytest.fixture(scope="session")
 def fixture_repos(tmp_path_factory):
     """Local git repositories standing in for MouseLand/Kilosort and kwikteam/npy-matlab."""
-    root = tmp_path_factory.mktemp("repos")
-    ks_commit = support.make_repo(root / "Kilosort", support.kilosort_fixture_files(), tag="v3.0.2")
-    npy_commit = support.make_repo(root / "npy-matlab", support.npy_fixture_files())
-    return {
-        "kilosort": (root / "Kilosort", ks_commit),
-        "npy_matlab": (root / "npy-matlab", npy_commit),
-    }
+    return support.make_fixture_repos(tmp_path_factory.mktemp("repos"))
 
 
 @pytest.fixture(scope="session")
@@ -160,3 +138,33 @@ def kilosort4_image(docker_client, python_base, wheelhouse):
     )
     built = build.execute(plan, docker_client)
     return built[-1].step.refs[0]
+
+
+# --- bump and release: the fake GitHub/PyPI server, copies of the pin files -------------------
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[support.FakeAPI]:
+    """The fake GitHub/PyPI server (``support.serve_fake_api``), with no token and no proxy."""
+    support.isolate(monkeypatch)
+    with support.serve_fake_api() as api:
+        yield api
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    return support.closed_port()
+
+
+@pytest.fixture
+def pinned_root(tmp_path: Path) -> Path:
+    """A copy of the pin files (the real ones are never touched)."""
+    for name in support.PINNED_FILES:
+        shutil.copy2(support.REPO_ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.fixture
+def pinned_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repository with the pin files committed (``support.make_git_copy``)."""
+    return support.make_git_copy(tmp_path, monkeypatch)

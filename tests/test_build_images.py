@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import support
+from tests import support
 
 pytestmark = pytest.mark.docker
 

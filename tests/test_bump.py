@@ -1,35 +1,33 @@
 """bump.py in a temporary git repository holding copies of the pin files.
 
-Upstream is the local server of ``test_upstream.py``; the real repository's files are only
-read (to copy them) and checked unchanged at the end.
+Upstream is the local server of ``test_upstream.py`` (the ``fake_api`` fixture); the real
+repository's files are only read (to copy them) and checked unchanged at the end.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tomllib
-from test_upstream import COMMITS, REPO_ROOT, FakeAPI, closed_port, isolate, serve_fake_api
 
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.pins import Release, load_pins
 from kilosort_docker.release import bump
+from tests.support import (
+    COMMITS,
+    PINNED_FILES,
+    REPO_ROOT,
+    TODAY,
+    FakeAPI,
+    closed_port,
+    git,
+    isolate,
+)
 
-FILES = ("kilosort-docker.toml", "VERSION", "CHANGELOG.md")
-TODAY = dt.date(2026, 12, 1)
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "kilosort-docker tests",
-    "GIT_AUTHOR_EMAIL": "tests@localhost",
-    "GIT_COMMITTER_NAME": "kilosort-docker tests",
-    "GIT_COMMITTER_EMAIL": "tests@localhost",
-}
+FILES = PINNED_FILES
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -39,62 +37,28 @@ def _digests(root: Path) -> dict[str, str]:
 REAL_FILES = _digests(REPO_ROOT)
 
 
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=root, check=True, capture_output=True, text=True
-    ).stdout.strip()
+def run_bump(root: Path, fake_api: FakeAPI, kilosort: str | None, **kwargs) -> bump.BumpPlan:
+    return bump.bump(
+        root, kilosort, api_url=fake_api.url, pypi_url=fake_api.url, today=TODAY, **kwargs
+    )
 
 
-def make_git_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git repository in ``tmp_path/repo`` with the pin files committed; isolated from the
-    user's git configuration."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in FILES:
-        shutil.copy2(REPO_ROOT / name, root / name)
-    empty = tmp_path / "gitconfig"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for key, value in GIT_IDENTITY.items():
-        monkeypatch.setenv(key, value)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", *FILES)
-    git(root, "commit", "-q", "-m", "release 3.0.2-1")
-    return root
-
-
-@pytest.fixture
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return make_git_copy(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPI]:
-    isolate(monkeypatch)
-    with serve_fake_api() as server:
-        yield server
-
-
-def run_bump(root: Path, api: FakeAPI, kilosort: str | None, **kwargs) -> bump.BumpPlan:
-    return bump.bump(root, kilosort, api_url=api.url, pypi_url=api.url, today=TODAY, **kwargs)
-
-
-def test_kilosort3_bump_pins_the_tag_commit(repo: Path, api: FakeAPI) -> None:
-    old_toml = (repo / "kilosort-docker.toml").read_text()
-    plan = run_bump(repo, api, "3.0.3")
+def test_kilosort3_bump_pins_the_tag_commit(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    old_toml = (pinned_repo / "kilosort-docker.toml").read_text()
+    plan = run_bump(pinned_repo, fake_api, "3.0.3")
     assert (plan.old_release, plan.new_release) == (Release("3.0.2", 1), Release("3.0.3", 2))
-    assert (repo / "VERSION").read_text() == "3.0.3-2\n"
-    config = tomllib.loads((repo / "kilosort-docker.toml").read_text())
+    assert (pinned_repo / "VERSION").read_text() == "3.0.3-2\n"
+    config = tomllib.loads((pinned_repo / "kilosort-docker.toml").read_text())
     assert config["kilosort3"]["version"] == "3.0.3"
     assert config["kilosort3"]["tag"] == "v3.0.3"
     assert config["kilosort3"]["commit"] == COMMITS["v3.0.3"][:7]  # as short as the old pin
     assert config["kilosort4"]["version"] == "4.1.7"
-    pins = load_pins(repo / "kilosort-docker.toml", repo / "VERSION")  # pins and VERSION agree
+    # pins and VERSION agree
+    pins = load_pins(pinned_repo / "kilosort-docker.toml", pinned_repo / "VERSION")
     assert pins.release == Release("3.0.3", 2)
     assert pins.kilosort3.matches(COMMITS["v3.0.3"])
     # Only the pinned values changed; comments and everything else stayed.
-    new_toml = (repo / "kilosort-docker.toml").read_text()
+    new_toml = (pinned_repo / "kilosort-docker.toml").read_text()
     changed = {
         (a, b) for a, b in zip(old_toml.splitlines(), new_toml.splitlines(), strict=True) if a != b
     }
@@ -103,47 +67,47 @@ def test_kilosort3_bump_pins_the_tag_commit(repo: Path, api: FakeAPI) -> None:
         ('tag = "v3.0.2"', 'tag = "v3.0.3"'),
         ('commit = "c43f524"', f'commit = "{COMMITS["v3.0.3"][:7]}"'),
     }
-    changelog = (repo / "CHANGELOG.md").read_text()
+    changelog = (pinned_repo / "CHANGELOG.md").read_text()
     first = changelog.index("## ")
     assert changelog[first:].startswith("## 3.0.3-2 (2026-12-01)\n\n- Kilosort3 v3.0.3 (commit ")
     assert changelog.index("## 3.0.3-2") < changelog.index("## 3.0.2-1")
     assert bump.changelog_has(changelog, Release("3.0.3", 2))
 
 
-def test_kilosort4_bump_keeps_the_kilosort3_version(repo: Path, api: FakeAPI) -> None:
-    plan = run_bump(repo, api, "4.1.8")
+def test_kilosort4_bump_keeps_the_kilosort3_version(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    plan = run_bump(pinned_repo, fake_api, "4.1.8")
     assert plan.new_release == Release("3.0.2", 2)
-    assert (repo / "VERSION").read_text() == "3.0.2-2\n"
-    config = tomllib.loads((repo / "kilosort-docker.toml").read_text())
+    assert (pinned_repo / "VERSION").read_text() == "3.0.2-2\n"
+    config = tomllib.loads((pinned_repo / "kilosort-docker.toml").read_text())
     assert config["kilosort4"]["version"] == "4.1.8"
     assert config["kilosort3"]["commit"] == "c43f524"
-    assert "- kilosort 4.1.8 from PyPI" in (repo / "CHANGELOG.md").read_text()
-    assert "/pypi/kilosort/json" in api.paths()
-    assert not any(path.startswith("/repos/") for path in api.paths())
+    assert "- kilosort 4.1.8 from PyPI" in (pinned_repo / "CHANGELOG.md").read_text()
+    assert "/pypi/kilosort/json" in fake_api.paths()
+    assert not any(path.startswith("/repos/") for path in fake_api.paths())
 
 
-def test_the_build_number_only_grows(repo: Path, api: FakeAPI) -> None:
-    run_bump(repo, api, "4.1.8")
-    run_bump(repo, api, "3.0.3")
-    run_bump(repo, api, None, note="rebuild on a patched base image")
-    assert (repo / "VERSION").read_text() == "3.0.3-4\n"
-    changelog = (repo / "CHANGELOG.md").read_text()
+def test_the_build_number_only_grows(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    run_bump(pinned_repo, fake_api, "4.1.8")
+    run_bump(pinned_repo, fake_api, "3.0.3")
+    run_bump(pinned_repo, fake_api, None, note="rebuild on a patched base image")
+    assert (pinned_repo / "VERSION").read_text() == "3.0.3-4\n"
+    changelog = (pinned_repo / "CHANGELOG.md").read_text()
     headings = [line for line in changelog.splitlines() if line.startswith("## ")]
     assert [h.split()[1] for h in headings] == ["3.0.3-4", "3.0.3-3", "3.0.2-2", "3.0.2-1"]
     assert "- rebuild on a patched base image" in changelog
 
 
-def test_dry_run_shows_a_diff_and_writes_nothing(repo: Path, api: FakeAPI) -> None:
-    before = _digests(repo)
-    diff = run_bump(repo, api, "3.0.3", dry_run=True).diff()
-    assert _digests(repo) == before
+def test_dry_run_shows_a_diff_and_writes_nothing(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    before = _digests(pinned_repo)
+    diff = run_bump(pinned_repo, fake_api, "3.0.3", dry_run=True).diff()
+    assert _digests(pinned_repo) == before
     assert "--- a/VERSION\n+++ b/VERSION\n" in diff
     assert "-3.0.2-1\n+3.0.3-2\n" in diff
     assert '\n-version = "3.0.2"\n' in diff
     assert '\n+version = "3.0.3"\n' in diff
     assert "+## 3.0.3-2 (2026-12-01)\n" in diff
     assert "--- a/CHANGELOG.md" in diff
-    assert git(repo, "status", "--porcelain") == ""
+    assert git(pinned_repo, "status", "--porcelain") == ""
 
 
 @pytest.mark.parametrize(
@@ -160,49 +124,51 @@ def test_dry_run_shows_a_diff_and_writes_nothing(repo: Path, api: FakeAPI) -> No
         ("three", "not a version"),
     ],
 )
-def test_bad_versions_change_nothing(repo: Path, api: FakeAPI, kilosort: str, message) -> None:
-    before = _digests(repo)
+def test_bad_versions_change_nothing(
+    pinned_repo: Path, fake_api: FakeAPI, kilosort: str, message
+) -> None:
+    before = _digests(pinned_repo)
     with pytest.raises(UserError, match=message):
-        run_bump(repo, api, kilosort)
-    assert _digests(repo) == before
+        run_bump(pinned_repo, fake_api, kilosort)
+    assert _digests(pinned_repo) == before
 
 
-def test_malformed_version_file(repo: Path, api: FakeAPI) -> None:
-    (repo / "VERSION").write_text("3.0.2\n")
-    before = _digests(repo)
+def test_malformed_version_file(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    (pinned_repo / "VERSION").write_text("3.0.2\n")
+    before = _digests(pinned_repo)
     with pytest.raises(UserError, match=r"malformed VERSION '3\.0\.2'.*e\.g\. 3\.0\.2-1"):
-        run_bump(repo, api, "3.0.3")
-    assert _digests(repo) == before
+        run_bump(pinned_repo, fake_api, "3.0.3")
+    assert _digests(pinned_repo) == before
 
 
-def test_version_that_disagrees_with_the_pins(repo: Path, api: FakeAPI) -> None:
-    (repo / "VERSION").write_text("3.0.1-7\n")
+def test_version_that_disagrees_with_the_pins(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    (pinned_repo / "VERSION").write_text("3.0.1-7\n")
     with pytest.raises(UserError, match="run `invoke bump` to make them agree"):
-        run_bump(repo, api, "3.0.3")
+        run_bump(pinned_repo, fake_api, "3.0.3")
 
 
-def test_network_down_changes_nothing(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_network_down_changes_nothing(pinned_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     isolate(monkeypatch)
-    before = _digests(repo)
+    before = _digests(pinned_repo)
     down = closed_port()
     for version in ("3.0.3", "4.1.8"):
         with pytest.raises(UserError, match="network down"):
-            bump.bump(repo, version, api_url=down, pypi_url=down)
-    assert _digests(repo) == before
+            bump.bump(pinned_repo, version, api_url=down, pypi_url=down)
+    assert _digests(pinned_repo) == before
 
 
-def test_rate_limit_changes_nothing(repo: Path, api: FakeAPI) -> None:
-    api.set(
+def test_rate_limit_changes_nothing(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    fake_api.set(
         "/repos/MouseLand/Kilosort/tags?per_page=100",
         {"message": "API rate limit exceeded"},
         status=403,
         X_RateLimit_Remaining="0",
         X_RateLimit_Reset="1700000000",
     )
-    before = _digests(repo)
+    before = _digests(pinned_repo)
     with pytest.raises(UserError, match="GITHUB_TOKEN"):
-        run_bump(repo, api, "3.0.3")
-    assert _digests(repo) == before
+        run_bump(pinned_repo, fake_api, "3.0.3")
+    assert _digests(pinned_repo) == before
 
 
 def _failing_replace(monkeypatch: pytest.MonkeyPatch, fail_from: int, fail_until: int) -> list:
@@ -226,22 +192,26 @@ def _failing_replace(monkeypatch: pytest.MonkeyPatch, fail_from: int, fail_until
     ids=["first-file", "second-file", "third-file", "second-file-and-every-restore"],
 )
 def test_a_failed_write_changes_nothing(
-    repo: Path, api: FakeAPI, monkeypatch: pytest.MonkeyPatch, fail_from: int, fail_until: int
+    pinned_repo: Path,
+    fake_api: FakeAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    fail_from: int,
+    fail_until: int,
 ) -> None:
-    before = _digests(repo)
-    modes = {name: (repo / name).stat().st_mode for name in FILES}
+    before = _digests(pinned_repo)
+    modes = {name: (pinned_repo / name).stat().st_mode for name in FILES}
     calls = _failing_replace(monkeypatch, fail_from, fail_until)
     with pytest.raises(UserError, match="nothing was changed"):
-        run_bump(repo, api, "3.0.3")
+        run_bump(pinned_repo, fake_api, "3.0.3")
     assert len(calls) >= fail_from
-    assert _digests(repo) == before
-    assert {name: (repo / name).stat().st_mode for name in FILES} == modes
-    assert sorted(p.name for p in repo.iterdir() if p.name != ".git") == sorted(FILES)
-    assert git(repo, "status", "--porcelain") == ""
+    assert _digests(pinned_repo) == before
+    assert {name: (pinned_repo / name).stat().st_mode for name in FILES} == modes
+    assert sorted(p.name for p in pinned_repo.iterdir() if p.name != ".git") == sorted(FILES)
+    assert git(pinned_repo, "status", "--porcelain") == ""
 
 
 def test_a_failed_temp_file_changes_nothing(
-    repo: Path, api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+    pinned_repo: Path, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = bump._write_temp
     count = []
@@ -253,25 +223,29 @@ def test_a_failed_temp_file_changes_nothing(
         return real(target, text)
 
     monkeypatch.setattr(bump, "_write_temp", write_temp)
-    before = _digests(repo)
+    before = _digests(pinned_repo)
     with pytest.raises(UserError, match="could not write .*CHANGELOG.md.*nothing was changed"):
-        run_bump(repo, api, "3.0.3")
-    assert _digests(repo) == before
-    assert sorted(p.name for p in repo.iterdir() if p.name != ".git") == sorted(FILES)
+        run_bump(pinned_repo, fake_api, "3.0.3")
+    assert _digests(pinned_repo) == before
+    assert sorted(p.name for p in pinned_repo.iterdir() if p.name != ".git") == sorted(FILES)
 
 
-def test_files_changed_after_planning_are_not_overwritten(repo: Path, api: FakeAPI) -> None:
-    plan = bump.plan_bump(repo, "3.0.3", api_url=api.url, pypi_url=api.url, today=TODAY)
-    (repo / "CHANGELOG.md").write_text("edited meanwhile\n")
+def test_files_changed_after_planning_are_not_overwritten(
+    pinned_repo: Path, fake_api: FakeAPI
+) -> None:
+    plan = bump.plan_bump(
+        pinned_repo, "3.0.3", api_url=fake_api.url, pypi_url=fake_api.url, today=TODAY
+    )
+    (pinned_repo / "CHANGELOG.md").write_text("edited meanwhile\n")
     with pytest.raises(UserError, match="changed while bumping"):
-        bump.write(repo, plan)
-    assert (repo / "VERSION").read_text() == "3.0.2-1\n"
+        bump.write(pinned_repo, plan)
+    assert (pinned_repo / "VERSION").read_text() == "3.0.2-1\n"
 
 
-def test_a_missing_changelog_is_created(repo: Path, api: FakeAPI) -> None:
-    (repo / "CHANGELOG.md").unlink()
-    run_bump(repo, api, "3.0.3")
-    text = (repo / "CHANGELOG.md").read_text()
+def test_a_missing_changelog_is_created(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    (pinned_repo / "CHANGELOG.md").unlink()
+    run_bump(pinned_repo, fake_api, "3.0.3")
+    text = (pinned_repo / "CHANGELOG.md").read_text()
     assert text.startswith("# Changelog\n")
     assert "## 3.0.3-2 (2026-12-01)" in text
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import support
 from kilosort_docker.images import checks, stack
+from tests import support
 
 pytestmark = pytest.mark.docker
 

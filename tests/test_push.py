@@ -7,9 +7,9 @@ import urllib.request
 
 import pytest
 
-import support
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import push
+from tests import support
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-import support
 from kilosort_docker.images import build, checks
+from tests import support
 
 pytestmark = pytest.mark.docker
 

@@ -21,7 +21,8 @@ so this emulates it with what it can emit (for an sm_90 device such as the H200)
 
 Needs: nvcc (PATH or /usr/local/cuda/bin), cuobjdump (same, or the ``nvidia-cuda-cuobjdump``
 wheel), g++, python3; imports ``kilosort_docker/mex.py`` from this repository (standard
-library only). Run: ``python3 tests/gpu/ptx_jit_check.py [--keep DIR]``.
+library only). Run from the repository root (which puts ``kilosort_docker`` on the path
+without installing it): ``python3 -m tests.gpu.ptx_jit_check [--keep DIR]``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from kilosort_docker import mex  # noqa: E402
+from kilosort_docker import mex
 
 PLAIN = r"""
 #include <cstdio>

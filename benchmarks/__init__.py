@@ -1,0 +1,1 @@
+"""Benchmarks (not tests); run each from the repository root: ``python -m benchmarks.NAME``."""
