@@ -1,102 +1,37 @@
 """Invoke tasks for kilosort-docker: a thin front end over the ``kilosort_docker`` package.
 
-Run ``invoke --list`` for the tasks and ``invoke <task> --help`` for each one's flags.
+Run ``invoke --list`` for the tasks and ``invoke <task> --help`` for each one's flags. Build
+flags are declared once, in :class:`kilosort_docker.images.options.BuildOptions`; a site sets
+its mirrors once in invoke's configuration (``kilosort_docker:`` in ``invoke.yaml``, or
+``INVOKE_KILOSORT_DOCKER_<KEY>`` in the environment) instead of on every command.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Callable, Iterable
 
-from invoke import Exit, task
+from invoke import Collection, Exit, task
 
 from kilosort_docker import commands, ui
 from kilosort_docker.errors import UserError
-from kilosort_docker.images.pins import ROOT
-from kilosort_docker.images.profiles import DEFAULT_PROFILE
+from kilosort_docker.images.options import (
+    CONFIG_SECTION,
+    BuildOptions,
+    flag_name,
+    option_fields,
+    site_defaults,
+)
+from kilosort_docker.paths import ROOT
 from kilosort_docker.release import bump as bump_mod
 from kilosort_docker.release import release as release_mod
 from kilosort_docker.release import upstream as upstream_mod
 
-BUILD_HELP = {
-    "profile": f"release profile (default {DEFAULT_PROFILE}; `invoke profiles` lists them)",
-    "image": "build only this image and its parents (repeatable; `invoke stack` lists them)",
-    "dry_run": "print the plan (images, order, build args, tags) and build nothing",
-    "no_cache": "build without Docker's layer cache",
-    "cuda": "CUDA toolkit version; must match the profile unless --allow-cuda-mismatch",
-    "allow_cuda_mismatch": "accept a CUDA version the MATLAB release does not expect (experts)",
-    "base_image": "MATLAB base image instead of the profile's (a mirror or air-gapped registry)",
-    "mpm_url": "where to download MPM from instead of MathWorks (a mirror)",
-    "python_base": "base image for kilosort4 instead of the pinned Python image",
-    "kilosort_repo": "fetch Kilosort from this URL or local path instead of GitHub",
-    "kilosort_commit": "build this Kilosort commit instead of the pinned one (testing a fix)",
-    "npy_matlab_repo": "fetch npy-matlab from this URL or local path instead of GitHub",
-    "npy_matlab_commit": "build this npy-matlab commit instead of the pinned one",
-    "wheelhouse": "folder of wheels pip may install from in the kilosort4 image",
-    "ca_bundle": "PEM file of CA certificates pip should trust while building (TLS proxy)",
-    "mex_binaries": "folder of committed mex binaries (default mex-binaries/)",
-    "cuda_toolkit": "compile with this installed CUDA toolkit folder instead of NVIDIA's installer",
-    "host_compiler": "host compiler for nvcc and the link instead of the profile's",
-    "gencode": "add an nvcc target, e.g. compute_80,compute_80 (repeatable; checked against CUDA)",
-    "ensure_determ": "compile mexMPnu8 with ENSURE_DETERM (deterministic, about 2x slower)",
-    "namespace": "repository namespace (default from kilosort-docker.toml)",
-    "verbose": "show debug logging",
-}
+VERBOSE = {"verbose": "show debug logging"}
 
-
-def _user_errors(func):
-    """Turn a UserError into invoke's Exit: one line on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except UserError as exc:
-            raise Exit(f"error: {exc}", code=1) from None
-
-    return wrapper
-
-
-def _flags(**kwargs):
-    verbose = kwargs.pop("verbose", False)
-    ui.setup_logging(verbose)
-    return kwargs
-
-
-@task(iterable=["image", "gencode"], help=BUILD_HELP, auto_shortflags=False)
-@_user_errors
-def build(
-    c,
-    profile: str = DEFAULT_PROFILE,
-    image=None,
-    dry_run: bool = False,
-    no_cache: bool = False,
-    cuda: str | None = None,
-    allow_cuda_mismatch: bool = False,
-    base_image: str | None = None,
-    mpm_url: str | None = None,
-    python_base: str | None = None,
-    kilosort_repo: str | None = None,
-    kilosort_commit: str | None = None,
-    npy_matlab_repo: str | None = None,
-    npy_matlab_commit: str | None = None,
-    wheelhouse: str | None = None,
-    mex_binaries: str | None = None,
-    ca_bundle: str | None = None,
-    cuda_toolkit: str | None = None,
-    host_compiler: str | None = None,
-    gencode=None,
-    ensure_determ: bool = False,
-    namespace: str | None = None,
-    verbose: bool = False,
-):
-    """Build the Kilosort image stack (or --image NAME and its parents) on the Docker engine."""
-    flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
-    flags["images"] = flags.pop("image") or None
-    flags["gencode"] = flags.pop("gencode") or None
-    commands.build(**flags)
-
-
-MEX_FLAGS = (
+#: The build options each task takes (all of them for `build`).
+MEX_OPTIONS = (
     "profile",
     "cuda",
     "allow_cuda_mismatch",
@@ -112,94 +47,149 @@ MEX_FLAGS = (
     "gencode",
     "ensure_determ",
     "no_cache",
-    "verbose",
 )
+BUILT_IMAGE_OPTIONS = ("profile", "image", "namespace")
 
 
-@task(
-    iterable=["gencode"],
-    auto_shortflags=False,
+def site_setting(c, key: str, given=None):
+    """``given`` if the flag was given, else invoke's ``kilosort_docker.<key>`` setting."""
+    if given not in (None, (), []):
+        return given
+    return (c.config.get(CONFIG_SECTION) or {}).get(key)
+
+
+def _shown_default(spec) -> bool:
+    """Whether a flag's default is the field's own (a plain bool or string that no site setting
+    replaces); other flags default to None, meaning "not given"."""
+    plain = isinstance(spec.default, bool | str)
+    return plain and not spec.metadata["site"] and not spec.metadata["repeatable"]
+
+
+def options_task(
+    names: Iterable[str] | None = None, *, help: dict[str, str] | None = None
+) -> Callable:
+    """An invoke task taking the named build options (all if None) as flags, besides the
+    body's own parameters; the body gets them as ``options``, a checked
+    :class:`BuildOptions` with the site's settings filled in for flags not given.
+
+    Help comes from the options' field metadata (``help`` adds or overrides entries); a
+    UserError becomes one line on stderr and exit code 1.
+    """
+    specs = option_fields(names)
+
+    def decorate(body: Callable) -> Callable:
+        own = list(inspect.signature(body).parameters.values())
+        own = [p for p in own if p.name != "options"]
+        params = own + [
+            inspect.Parameter(
+                flag_name(f),
+                inspect.Parameter.KEYWORD_ONLY,
+                default=f.default if _shown_default(f) else None,
+            )
+            for f in specs
+        ]
+
+        @functools.wraps(body)
+        def wrapper(c, **kwargs):
+            flags = {flag_name(f): kwargs.pop(flag_name(f), None) for f in specs}
+            for f in specs:
+                if f.metadata["site"]:
+                    flags[flag_name(f)] = site_setting(c, flag_name(f), flags[flag_name(f)])
+            try:
+                ui.setup_logging(kwargs.get("verbose", False))
+                return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
+            except UserError as exc:
+                raise Exit(f"error: {exc}", code=1) from None
+
+        wrapper.__signature__ = inspect.Signature(params)
+        helps = {flag_name(f): f.metadata["help"] for f in specs} | (help or {})
+        iterable = [flag_name(f) for f in specs if f.metadata["repeatable"]]
+        return task(wrapper, help=helps, iterable=iterable, auto_shortflags=False)
+
+    return decorate
+
+
+def user_errors(func: Callable) -> Callable:
+    """Turn a UserError into invoke's Exit: one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+
+    return wrapper
+
+
+@options_task(
+    help={"dry_run": "print the plan (images, order, build args, tags) and build nothing"} | VERBOSE
+)
+def build(c, options: BuildOptions, dry_run: bool = False, verbose: bool = False):
+    """Build the Kilosort image stack (or --image NAME and its parents) on the Docker engine."""
+    commands.build(options=options, dry_run=dry_run)
+
+
+@options_task(
+    MEX_OPTIONS,
     help={
-        **{k: BUILD_HELP[k] for k in MEX_FLAGS},
         "dry_run": "print the nvcc and g++ commands mexcuda would run, and build nothing",
         "force": "replace binaries already in mex-binaries/<profile>/<commit>/",
-    },
+    }
+    | VERBOSE,
 )
-@_user_errors
 def build_mex(
-    c,
-    profile: str = DEFAULT_PROFILE,
-    dry_run: bool = False,
-    force: bool = False,
-    cuda: str | None = None,
-    allow_cuda_mismatch: bool = False,
-    base_image: str | None = None,
-    mpm_url: str | None = None,
-    kilosort_repo: str | None = None,
-    kilosort_commit: str | None = None,
-    npy_matlab_repo: str | None = None,
-    npy_matlab_commit: str | None = None,
-    mex_binaries: str | None = None,
-    cuda_toolkit: str | None = None,
-    host_compiler: str | None = None,
-    gencode=None,
-    ensure_determ: bool = False,
-    no_cache: bool = False,
-    verbose: bool = False,
+    c, options: BuildOptions, dry_run: bool = False, force: bool = False, verbose: bool = False
 ):
     """Compile Kilosort's CUDA mex files (no MATLAB license) into mex-binaries/ (maintainers)."""
-    flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
-    flags["gencode"] = flags.pop("gencode") or None
-    commands.build_mex(**flags)
+    commands.build_mex(options=options, dry_run=dry_run, force=force)
 
 
-@task(
-    auto_shortflags=False,
+@options_task(
+    ("profile",),
     help={
-        "profile": BUILD_HELP["profile"],
         "folder": "check this folder instead of mex-binaries/<profile>/<pinned commit>/",
         "compute_capability": "say how each binary runs on a GPU of this compute capability, "
         "e.g. 9.0 (natively, through PTX JIT, or not at all)",
     },
 )
-@_user_errors
 def verify_mex(
-    c,
-    profile: str = DEFAULT_PROFILE,
-    folder: str | None = None,
-    compute_capability: str | None = None,
+    c, options: BuildOptions, folder: str | None = None, compute_capability: str | None = None
 ):
     """Check mex binaries against their manifest, and whether they run on a given GPU."""
-    ui.setup_logging()
     if not commands.verify_mex(
-        folder=folder, profile=profile, compute_capability=compute_capability
+        folder=folder, profile=options.profile, compute_capability=compute_capability
     ):
         raise Exit("error: mex binaries fail verification (see above)", code=1)
 
 
-@task(
-    iterable=["image"],
-    auto_shortflags=False,
+@options_task(
+    BUILT_IMAGE_OPTIONS,
     help={
-        **{k: BUILD_HELP[k] for k in ("profile", "image", "namespace", "verbose")},
-        "registry": "registry host[:port] to push to (default Docker Hub)",
+        "image": "push only this image and its parents (repeatable; default: every image "
+        "built for the profile)",
+        "namespace": "repository namespace on the registry (default: the one they were built in)",
+        "registry": "registry host[:port] to push to (default Docker Hub, or the site's "
+        "kilosort_docker.registry setting)",
         "dry_run": "print what would be pushed, and push nothing",
-    },
+    }
+    | VERBOSE,
 )
-@_user_errors
 def push(
     c,
+    options: BuildOptions,
     registry: str | None = None,
-    profile: str = DEFAULT_PROFILE,
-    image=None,
-    namespace: str | None = None,
     dry_run: bool = False,
     verbose: bool = False,
 ):
     """Push built images to Docker Hub or --registry; credentials from env or `docker login`."""
-    flags = _flags(**{k: v for k, v in locals().items() if k != "c"})
-    flags["images"] = flags.pop("image") or None
-    commands.push(**flags)
+    commands.push(
+        registry=site_setting(c, "registry", registry),
+        profile=options.profile,
+        images=list(options.images) or None,
+        namespace=options.namespace,
+        dry_run=dry_run,
+    )
 
 
 @task
@@ -211,7 +201,7 @@ def stack(c):
 @task
 def profiles(c):
     """List the release profiles: MATLAB release, base image, Ubuntu, CUDA, compiler."""
-    ui.console.print(ui.profiles_table(DEFAULT_PROFILE))
+    ui.console.print(ui.profiles_table(BuildOptions().profile))
 
 
 @task(
@@ -221,7 +211,7 @@ def profiles(c):
         "dry_run": "list what would be removed, and remove nothing",
     },
 )
-@_user_errors
+@user_errors
 def clean(c, profile: str | None = None, dry_run: bool = False):
     """Remove the images this project built (found by their labels)."""
     ui.setup_logging()
@@ -231,12 +221,11 @@ def clean(c, profile: str | None = None, dry_run: bool = False):
 UPSTREAM_HELP = {
     "github_api": f"GitHub API base URL (default {upstream_mod.GITHUB_API}; a mirror)",
     "pypi_url": f"PyPI base URL (default {upstream_mod.PYPI_URL})",
-    "verbose": "show debug logging",
-}
+} | VERBOSE
 
 
 @task(auto_shortflags=False, help=UPSTREAM_HELP)
-@_user_errors
+@user_errors
 def upstream(
     c,
     github_api: str = upstream_mod.GITHUB_API,
@@ -263,7 +252,7 @@ def upstream(
         **UPSTREAM_HELP,
     },
 )
-@_user_errors
+@user_errors
 def bump(
     c,
     kilosort: str | None = None,
@@ -291,13 +280,14 @@ def bump(
 @task(
     auto_shortflags=False,
     help={
-        "push": "also push this release's images (built beforehand with `invoke build`)",
-        "registry": "registry host[:port] to push to (default Docker Hub)",
+        "push": "also push the images `invoke build` made for this release (its build record)",
+        "registry": "registry host[:port] to push to (default Docker Hub, or the site's "
+        "kilosort_docker.registry setting)",
         "dry_run": "check, then print what would be done; run no tests, tag and push nothing",
-        "verbose": "show debug logging",
-    },
+    }
+    | VERBOSE,
 )
-@_user_errors
+@user_errors
 def release(
     c,
     push: bool = False,
@@ -307,12 +297,13 @@ def release(
 ):
     """Tag v<VERSION> (clean tree, not yet tagged, `nox -s lint tests` passing); --push images."""
     ui.setup_logging(verbose)
+    registry = site_setting(c, "registry", registry)
     release_mod.release(
         ROOT,
         push=push,
         dry_run=dry_run,
         run_tests=lambda: release_mod.run_nox(ROOT),
-        push_images=lambda rel: commands.push(registry=registry),
+        push_images=lambda rel: commands.push(registry=registry, require_record=True),
     )
 
 
@@ -324,7 +315,7 @@ def release(
         "mac_address": "MAC address for a host-locked license (docker run --mac-address)",
     },
 )
-@_user_errors
+@user_errors
 def check_gpu(
     c, image: str | None = None, license: str | None = None, mac_address: str | None = None
 ):
@@ -334,14 +325,33 @@ def check_gpu(
     ui.console.print("GPU check passed: gpuDevice and mexGPUExample work")
 
 
-@task(
-    iterable=["image"],
-    auto_shortflags=False,
-    help={k: BUILD_HELP[k] for k in ("profile", "image", "namespace")},
+@options_task(
+    BUILT_IMAGE_OPTIONS,
+    help={
+        "image": "check only this image and its parents (repeatable; default: every image "
+        "built for the profile)",
+    },
 )
-@_user_errors
-def check_images(c, profile: str = DEFAULT_PROFILE, image=None, namespace: str | None = None):
+def check_images(c, options: BuildOptions):
     """Check the built images from inside (user, toolboxes, commit, mex files, secrets, size)."""
-    ui.setup_logging()
-    if not commands.check_images(profile=profile, images=image or None, namespace=namespace):
+    if not commands.check_images(
+        profile=options.profile, images=list(options.images) or None, namespace=options.namespace
+    ):
         raise Exit("error: some image checks failed (see the table above)", code=1)
+
+
+ns = Collection(
+    build,
+    build_mex,
+    verify_mex,
+    push,
+    stack,
+    profiles,
+    clean,
+    upstream,
+    bump,
+    release,
+    check_gpu,
+    check_images,
+)
+ns.configure({CONFIG_SECTION: site_defaults()})

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -13,90 +11,68 @@ from pathlib import Path
 import docker.errors
 
 from kilosort_docker import engine, mex, ui
+from kilosort_docker.atomic import replace_folder
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import build as build_mod
 from kilosort_docker.images import mexstage, plan
 from kilosort_docker.images import push as push_mod
-from kilosort_docker.images.pins import check_commit, load_pins
+from kilosort_docker.images import record as record_mod
+from kilosort_docker.images.options import BuildOptions
+from kilosort_docker.images.pins import Pins, load_pins
 from kilosort_docker.images.profiles import DEFAULT_PROFILE, get_profile
+from kilosort_docker.images.stack import STACK
 from kilosort_docker.images.tags import LABEL_PREFIX
 
 log = logging.getLogger(__name__)
 
 
-def make_plan(
-    *,
-    profile: str = DEFAULT_PROFILE,
-    images: list[str] | None = None,
-    cuda: str | None = None,
-    allow_cuda_mismatch: bool = False,
-    base_image: str | None = None,
-    mpm_url: str | None = None,
-    python_base: str | None = None,
-    kilosort_repo: str | None = None,
-    kilosort_commit: str | None = None,
-    npy_matlab_repo: str | None = None,
-    npy_matlab_commit: str | None = None,
-    wheelhouse: str | None = None,
-    mex_binaries: str | None = None,
-    ca_bundle: str | None = None,
-    cuda_toolkit: str | None = None,
-    host_compiler: str | None = None,
-    gencode: list[str] | None = None,
-    ensure_determ: bool = False,
-    mex_spec: str | None = None,
-    compile_mex: bool = False,
-    no_cache: bool = False,
-    namespace: str | None = None,
-) -> plan.BuildPlan:
-    """The build plan for the given flags; raises UserError for bad input."""
-    chosen = get_profile(profile, cuda=cuda, allow_cuda_mismatch=allow_cuda_mismatch)
-    chosen = chosen.with_overrides(base_image=base_image, mpm_url=mpm_url)
-    if wheelhouse and not Path(wheelhouse).is_dir():
-        raise UserError(f"wheelhouse {wheelhouse} is not a folder: pass a folder of .whl files")
-    if cuda_toolkit and not Path(cuda_toolkit).is_dir():
-        raise UserError(f"--cuda-toolkit {cuda_toolkit} is not a folder: pass a CUDA toolkit")
-    if ca_bundle and not Path(ca_bundle).is_file():
-        raise UserError(f"CA bundle {ca_bundle} is not a file: pass a PEM file")
-    if ca_bundle and "PRIVATE KEY" in Path(ca_bundle).read_text(errors="replace"):
-        raise UserError(f"{ca_bundle} holds a private key: pass only public CA certificates")
-    options = plan.BuildOptions(
-        python_base_image=python_base,
-        kilosort_repository=kilosort_repo,
-        npy_matlab_repository=npy_matlab_repo,
-        wheelhouse=Path(wheelhouse) if wheelhouse else None,
-        mex_binaries=Path(mex_binaries) if mex_binaries else plan.MEX_BINARIES_DIR,
-        ca_bundle=Path(ca_bundle) if ca_bundle else None,
-        cuda_toolkit=Path(cuda_toolkit) if cuda_toolkit else None,
-        host_compiler=host_compiler,
-        gencode=tuple(gencode or ()),
-        ensure_determ=ensure_determ,
-        mex_spec=Path(mex_spec) if mex_spec else None,
-        compile_mex=compile_mex,
-        no_cache=no_cache,
-        namespace=namespace,
-    )
-    if gencode and (images is None or any(i in ("kilosort3",) for i in images)):
-        mex.toolchain_from_profile(chosen, gencode, host_compiler=host_compiler)
-    pins = load_pins()
-    if kilosort_commit:
-        pins = replace(
-            pins,
-            kilosort3=replace(pins.kilosort3, commit=check_commit(kilosort_commit), tag=None),
-        )
-    if npy_matlab_commit:
-        pins = replace(
-            pins,
-            npy_matlab=replace(
-                pins.npy_matlab, commit=check_commit(npy_matlab_commit, "--npy-matlab-commit")
-            ),
-        )
-    return plan.make_plan(chosen, pins, images=images, options=options)
+def make_plan(*, options: BuildOptions | None = None, **flags) -> plan.BuildPlan:
+    """The build plan for task flags (``python_base=...``, ``images=[...]``; see
+    :class:`~kilosort_docker.images.options.BuildOptions`), applied over ``options`` when
+    given; raises UserError for bad input."""
+    if options is not None:
+        flags = {**options.to_dict(), **flags}
+    return plan.plan_for(BuildOptions.from_flags(**flags))
 
 
-def build(*, dry_run: bool = False, **flags) -> list[build_mod.BuiltImage]:
-    """Build the stack (or the named images and their parents); print the plan or a summary."""
-    the_plan = make_plan(**flags)
+def built_plan(
+    *, profile: str = DEFAULT_PROFILE, images: list[str] | None = None, namespace: str | None = None
+) -> tuple[plan.BuildPlan, list[tuple[plan.BuildStep, Pins]]]:
+    """The images ``invoke build`` made for ``profile`` (``images`` and their parents; all the
+    recorded ones if None), each with the pins it was built from.
+
+    An image in the build record (``build/<profile>.json``) is planned with the options it was
+    built with (its ``--kilosort-commit`` included), unless ``namespace`` names another
+    namespace; other images are planned from the defaults. Returns the plan whose options give
+    the namespace, and ``(step, pins)`` for each image, parents first.
+    """
+    recorded = record_mod.load(get_profile(profile).name)
+    names = images or ([i.name for i in recorded.images] if recorded else None)
+    chosen: list[tuple[plan.BuildStep, Pins]] = []
+    first = None
+    for spec in STACK.build_order(names):
+        entry = recorded.image(spec.name) if recorded else None
+        if entry and namespace not in (None, entry.options.namespace):
+            entry = None
+        options = (
+            entry.options
+            if entry
+            else BuildOptions.from_flags(profile=profile, namespace=namespace)
+        )
+        the_plan = plan.plan_for(replace(options, images=(spec.name,)))
+        first = first or the_plan
+        chosen.append((the_plan.step(spec.name), the_plan.pins))
+    assert first is not None  # build_order never returns an empty list
+    return replace(first, steps=tuple(step for step, _ in chosen)), chosen
+
+
+def build(
+    *, dry_run: bool = False, options: BuildOptions | None = None, **flags
+) -> list[build_mod.BuiltImage]:
+    """Build the stack (or the named images and their parents); print the plan or a summary,
+    and write the build record ``build/<profile>.json``."""
+    options = options or BuildOptions.from_flags(**flags)
+    the_plan = plan.plan_for(options)
     if dry_run:
         ui.console.print(plan.describe(the_plan), markup=False, highlight=False, soft_wrap=True)
         return []
@@ -104,15 +80,42 @@ def build(*, dry_run: bool = False, **flags) -> list[build_mod.BuiltImage]:
     with ui.progress_bar() as progress:
         built = build_mod.execute(the_plan, client, events=ui.ProgressEvents(progress, the_plan))
     ui.console.print(ui.built_table(built))
+    where = record_mod.save(
+        record_mod.from_build(
+            options, str(the_plan.pins.release), built, profile=the_plan.profile.name
+        )
+    )
+    ui.console.print(f"build record: {where}", markup=False)
     return built
 
 
 def push(
-    *, registry: str | None = None, dry_run: bool = False, namespace: str | None = None, **flags
+    *,
+    registry: str | None = None,
+    dry_run: bool = False,
+    profile: str = DEFAULT_PROFILE,
+    images: list[str] | None = None,
+    namespace: str | None = None,
+    require_record: bool = False,
 ) -> list[push_mod.Pushed]:
-    """Push the built images of the plan to ``registry`` (Docker Hub if None)."""
-    the_plan = make_plan(namespace=namespace, **flags)
-    pairs = push_mod.targets(the_plan, registry=registry, namespace=namespace)
+    """Push the images ``invoke build`` made (see :func:`built_plan`) to ``registry`` (Docker
+    Hub if None) under ``namespace`` (default: the one they were built in), and add the
+    digests to the build record. ``require_record`` (``release --push``) refuses to push
+    without a build record of the current release."""
+    name = get_profile(profile).name
+    recorded = record_mod.load(name)
+    if require_record:
+        release = str(load_pins().release)
+        if recorded is None:
+            raise UserError(f"nothing was built for {name} yet: run `invoke build` first")
+        if recorded.release != release:
+            raise UserError(
+                f"the build record is of release {recorded.release} but VERSION says {release}: "
+                "run `invoke build` again"
+            )
+    the_plan, _ = built_plan(profile=profile, images=images, namespace=namespace)
+    remote_ns = namespace or the_plan.options.namespace
+    pairs = push_mod.targets(the_plan, registry=registry, namespace=remote_ns)
     if dry_run:
         push_mod.credentials()  # checks the variables without showing them
         for local, remote in pairs:
@@ -123,10 +126,15 @@ def push(
         the_plan,
         client,
         registry=registry,
-        namespace=namespace,
+        namespace=remote_ns,
         on_event=lambda ref, event: log.debug("%s: %s", ref, event.get("status", "")),
     )
     ui.console.print(ui.pushed_table(pushed))
+    if recorded is not None:
+        local_of = {remote: local for local, remote in pairs}
+        record_mod.save(
+            recorded.with_digests({p.ref: p.digest for p in pushed}, local_of), merge=False
+        )
     return pushed
 
 
@@ -193,14 +201,11 @@ def build_mex(*, dry_run: bool = False, force: bool = False, **flags) -> Path | 
         out = build_mod.copy_out(client, image_id, "/tmp/mex-out", work / "out")
         staged = work / "binaries"
         shutil.move(str(out / "bin"), staged)
-        shutil.move(str(out / mex.MANIFEST_NAME), staged / mex.MANIFEST_NAME)
+        shutil.move(str(out / mex.MEX_MANIFEST_NAME), staged / mex.MEX_MANIFEST_NAME)
         problems = [p for p in mex.verify_manifest(staged) if p.severity == "error"]
         if problems:
             raise UserError(f"the stage's binaries fail their own manifest: {problems[0]}")
-        if folder.exists():
-            old = work / "previous"
-            folder.rename(old)
-        staged.rename(folder)
+        replace_folder(staged, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ui.console.print(f"mex binaries and manifest in {folder}", markup=False)
@@ -220,7 +225,7 @@ def verify_mex(
     else:
         the_plan = make_plan(profile=profile, images=["kilosort3"])
         target = plan.mex_binaries_folder(the_plan.options, the_plan.profile, the_plan.pins)
-    if not (target / mex.MANIFEST_NAME).is_file():
+    if not (target / mex.MEX_MANIFEST_NAME).is_file():
         raise UserError(f"no mex binaries with a manifest in {target}: run `invoke build-mex`")
     problems = mex.verify_manifest(target)
     for problem in problems:
@@ -239,43 +244,36 @@ def check_gpu(
     *, image: str | None = None, license: str | None = None, mac_address: str | None = None
 ) -> None:
     """Run matlab/check_gpu.m (gpuDevice, then mexGPUExample on ones(4,4)) in the kilosort3
-    image on every GPU, or with the local MATLAB when ``image`` is None.
+    image on every GPU, or with the local MATLAB when ``image`` is None, through
+    :func:`kilosort_docker.matlab.run_batch` (MATLAB's output goes to the log, license redacted).
 
-    Raises UserError without a license (``MLM_LICENSE_FILE``), Docker engine or MATLAB.
+    Raises UserError without a license (``MLM_LICENSE_FILE``), Docker engine or MATLAB, or when
+    the check fails.
     """
-    from kilosort_docker.groundtruth.sorters import common, kilosort3
+    from kilosort_docker import matlab
+    from kilosort_docker.paths import MATLAB_DIR
 
-    lic = kilosort3.resolve_license(license)
+    lic = matlab.resolve_license(license)
     if image is None:
         if shutil.which("matlab") is None:
             raise UserError(
                 "matlab is not on PATH: install MATLAB, or pass --image to check a kilosort3 image"
             )
-        matlab = kilosort3.local_matlab()
-        env = {"MLM_LICENSE_FILE": lic.value}
-        done = subprocess.run(
-            [str(matlab), "-batch", f"addpath('{kilosort3.MATLAB_DIR}'); check_gpu"],
-            env={**os.environ, **env},
-            check=False,
-        )
-        if done.returncode != 0:
-            raise UserError("check_gpu failed in the local MATLAB (see above): fix the GPU setup")
+        try:
+            matlab.run_batch(f"addpath({matlab.quote(str(MATLAB_DIR))}); check_gpu", license=lic)
+        except matlab.MatlabError:
+            raise UserError(
+                "check_gpu failed in the local MATLAB (see above): fix the GPU setup"
+            ) from None
         return
-    if not engine.image_exists(engine.connect(), image):
+    client = engine.connect()
+    if not engine.image_exists(client, image):
         raise UserError(f"{image} is not built: run `invoke build --image kilosort3` first")
-    volumes, env = lic.container_access()
     try:
-        common.run_container(
-            image,
-            ["-batch", "check_gpu"],
-            volumes=volumes,
-            environment=env,
-            gpu=True,
-            network=lic.kind == "server" or bool(mac_address),
-            mac_address=mac_address,
-            redact=(lic.value,),
+        matlab.run_batch(
+            "check_gpu", image=image, license=lic, mac_address=mac_address, client=client
         )
-    except common.SortError as exc:
+    except matlab.MatlabError as exc:
         raise UserError(f"check_gpu failed in {image}: {str(exc).splitlines()[0]}") from None
 
 
@@ -285,16 +283,17 @@ def check_images(
     images: list[str] | None = None,
     namespace: str | None = None,
 ) -> bool:
-    """Run the image checks (no license needed) on the built images of the plan; print what
-    each found. Returns True if every check passed; raises UserError if an image is missing."""
+    """Run the image checks (no license needed) on the images ``invoke build`` made (see
+    :func:`built_plan`), each against the pins it was built from; print what each found.
+    Returns True if every check passed; raises UserError if an image is missing."""
     from kilosort_docker.images import checks
 
-    the_plan = make_plan(profile=profile, images=images, namespace=namespace)
+    _, chosen = built_plan(profile=profile, images=images, namespace=namespace)
     client = engine.connect()
     findings = []
-    for step in the_plan.steps:
+    for step, pins in chosen:
         if not engine.image_exists(client, step.refs[0]):
             raise UserError(f"{step.refs[0]} is not built: run `invoke build` first")
-        findings += checks.run_checks(client, step.refs[0], pins=the_plan.pins, spec=step.spec)
+        findings += checks.run_checks(client, step.refs[0], pins=pins, spec=step.spec)
     ui.console.print(ui.findings_table(findings))
     return all(f.ok for f in findings)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from kilosort_docker import paths
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import plan, stack, tags
 from kilosort_docker.images.pins import Release, load_pins
@@ -76,7 +77,7 @@ def test_release_parse():
 
 def test_version_and_pins_agree(tmp_path):
     config = tmp_path / "k.toml"
-    config.write_text(plan.ROOT.joinpath("kilosort-docker.toml").read_text())
+    config.write_text(paths.ROOT.joinpath("kilosort-docker.toml").read_text())
     version = tmp_path / "VERSION"
     version.write_text("3.0.3-2\n")
     with pytest.raises(UserError, match="invoke bump"):

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from kilosort_docker.images import build, checks
+from kilosort_docker.images.entries import kilosort3_code
 from tests import support
 
 pytestmark = pytest.mark.docker
@@ -35,9 +36,9 @@ def test_build_leaves_no_host_secret_in_any_layer(
     monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
     # a careless user left the license file beside the MATLAB code that goes into the image
     matlab_copy = tmp_path / "matlab"
-    shutil.copytree(build.MATLAB_DIR, matlab_copy)
+    shutil.copytree(kilosort3_code.MATLAB_DIR, matlab_copy)
     shutil.copy2(license_file, matlab_copy / "license.lic")
-    monkeypatch.setattr(build, "MATLAB_DIR", matlab_copy)
+    monkeypatch.setattr(kilosort3_code, "MATLAB_DIR", matlab_copy)
 
     plan = support.standin_chain_plan(
         matlab_standin,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +20,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from kilosort_docker import engine
+from kilosort_docker import engine, secrets
 from kilosort_docker.errors import UserError
-from kilosort_docker.images import mexstage, sources
 from kilosort_docker.images.plan import BuildPlan, BuildStep
-from kilosort_docker.paths import MATLAB_DIR
 
 log = logging.getLogger(__name__)
 
@@ -54,82 +51,20 @@ class BuildEvents:
     log_lines: list[str] = field(default_factory=list)
 
 
-#: Never copied into a build context: licenses, keys, credentials (they belong to run time).
-SECRET_PATTERNS = (
-    "*.lic",
-    "license.dat",
-    "*.key",
-    "id_rsa*",
-    "id_ed25519*",
-    ".netrc",
-    ".git-credentials",
-    ".pypirc",
-    ".env",
-    "config.json",
-    "*.p12",
-)
-
-
-def _ignore(directory: str, names: list[str]) -> set[str]:
-    skipped = set(shutil.ignore_patterns("__pycache__", *SECRET_PATTERNS)(directory, names))
-    for name in sorted(skipped - {"__pycache__"}):
-        log.warning(
-            "not copying %s/%s into the build context: it may hold a secret", directory, name
-        )
-    return skipped
-
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=_ignore)
-
-
 @contextmanager
 def staged_context(step: BuildStep, plan: BuildPlan) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A temporary build context for ``step`` and its final build args.
+    """A temporary build context for ``step`` and its final build args: a copy of
+    ``docker/<name>/`` (secrets left out) filled by the image's own ``stage``.
 
-    Fetches and checks sources (kilosort3-code), stages mex files (kilosort3) or wheels
-    (kilosort4). Raises UserError if something the image needs is missing.
+    Raises UserError if the Dockerfile folder or something the image needs is missing.
     """
     buildargs = dict(step.buildargs)
     with tempfile.TemporaryDirectory(prefix=f"kilosort-docker-{step.spec.name}-") as tmp:
         context = Path(tmp)
         if not step.spec.dockerfile_dir.is_dir():
             raise UserError(f"{step.spec.dockerfile_dir} is missing: restore it from git")
-        _copy_tree(step.spec.dockerfile_dir, context)
-        name = step.spec.name
-        if name == "kilosort3-code":
-            options = plan.options
-            for key, pin, repo, folder in (
-                ("KILOSORT_COMMIT", plan.pins.kilosort3, options.kilosort_repository, "kilosort"),
-                (
-                    "NPY_MATLAB_COMMIT",
-                    plan.pins.npy_matlab,
-                    options.npy_matlab_repository,
-                    "npy-matlab",
-                ),
-            ):
-                full = sources.export(pin, context / "src" / folder, repository=repo)
-                (context / "src" / f"{folder}.commit").write_text(full + "\n")
-                buildargs[key] = full
-            _copy_tree(MATLAB_DIR, context / "matlab")
-        elif name == "kilosort3":
-            mexstage.stage(plan, context)
-        elif name == "kilosort4":
-            wheels = context / "wheels"
-            wheels.mkdir(exist_ok=True)
-            if plan.options.wheelhouse:
-                found = sorted(Path(plan.options.wheelhouse).glob("*.whl"))
-                if not found:
-                    raise UserError(
-                        f"wheelhouse {plan.options.wheelhouse} holds no .whl files: "
-                        "point --wheelhouse at a folder of wheels"
-                    )
-                for wheel in found:
-                    shutil.copy2(wheel, wheels / wheel.name)
-            certs = context / "certs"
-            certs.mkdir(exist_ok=True)
-            if plan.options.ca_bundle:
-                shutil.copy2(plan.options.ca_bundle, certs / "ca-bundle.pem")
+        secrets.copy_without_secrets(step.spec.dockerfile_dir, context)
+        buildargs.update(step.spec.stage(plan, context))
         yield context, buildargs
 
 
@@ -215,8 +150,7 @@ def preflight(client: docker.DockerClient, plan: BuildPlan) -> None:
     """Check each root image's base is present (pulling it if needed) before building."""
     for step in plan.steps:
         if step.spec.parent is None:
-            hint = "--base-image" if step.spec.external_base == "matlab" else "--python-base"
-            engine.ensure_base(client, step.base_image, hint=hint)
+            engine.ensure_base(client, step.base_image, hint=step.spec.base.flag)
 
 
 def execute(

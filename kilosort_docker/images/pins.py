@@ -7,7 +7,7 @@ ever grows, so tags that carry it (``kilosort3:3.0.2-r2022b-b1``) are never reus
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
@@ -78,6 +78,20 @@ def check_commit(value: object, where: str = "--kilosort-commit") -> str:
     if not _COMMIT_RE.match(text):
         raise UserError(f"{where}: commit {value!r} is not 7-40 hex digits: give a commit hash")
     return text
+
+
+def with_commits(
+    pins: Pins, *, kilosort_commit: str | None = None, npy_matlab_commit: str | None = None
+) -> Pins:
+    """``pins`` with other Kilosort or npy-matlab commits (testing a fix); a Kilosort commit
+    drops the pinned tag. Raises UserError unless each commit is 7-40 hex digits."""
+    if kilosort_commit:
+        commit = check_commit(kilosort_commit)
+        pins = replace(pins, kilosort3=replace(pins.kilosort3, commit=commit, tag=None))
+    if npy_matlab_commit:
+        commit = check_commit(npy_matlab_commit, "--npy-matlab-commit")
+        pins = replace(pins, npy_matlab=replace(pins.npy_matlab, commit=commit))
+    return pins
 
 
 def load_pins(config_file: Path | None = None, version_file: Path | None = None) -> Pins:

@@ -11,51 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kilosort_docker.images import stack, tags
-from kilosort_docker.images.pins import Pins
-from kilosort_docker.images.profiles import Profile
-from kilosort_docker.images.stack import ImageSpec
-from kilosort_docker.paths import KILOSORT_DIR, MEX_BINARIES_DIR, NPY_MATLAB_DIR, ROOT
+from kilosort_docker.images import tags
+from kilosort_docker.images.options import BuildOptions
+from kilosort_docker.images.pins import Pins, load_pins, with_commits
+from kilosort_docker.images.profiles import Profile, get_profile
+from kilosort_docker.images.spec import ImageSpec, PlanContext, Stack
+from kilosort_docker.images.stack import STACK
+
+__all__ = ["BuildOptions", "BuildPlan", "BuildStep", "describe", "make_plan", "plan_for"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """What a build may change beyond the profile and the pins.
-
-    Attributes:
-        python_base_image: base of the ``kilosort4`` image (default from the pins).
-        kilosort_repository / npy_matlab_repository: a mirror or local path to fetch from.
-        wheelhouse: a folder of wheels pip may install from (air-gapped sites, CPU torch).
-        mex_binaries: where committed mex binaries live (``mex-binaries/``).
-        ca_bundle: a PEM bundle of CA certificates pip trusts in the build (a TLS-inspecting
-            proxy); public certificates only, never a private key.
-        cuda_toolkit: an installed CUDA toolkit folder to compile the mex files with, instead of
-            NVIDIA's installer (air-gapped sites; the tests use the machine's toolkit).
-        host_compiler: host compiler for nvcc and the link, instead of the profile's.
-        gencode: extra nvcc targets (``compute_90,sm_90``) appended to the profile's list.
-        ensure_determ: compile mexMPnu8 with ENSURE_DETERM (deterministic, ~2x slower).
-        mex_spec: a mex spec JSON instead of Kilosort's own list (tests compile their sources).
-        compile_mex: compile even when committed binaries exist (``invoke build-mex``).
-        no_cache: build without Docker's layer cache.
-        namespace: repository namespace (default from the pins).
-    """
-
-    python_base_image: str | None = None
-    kilosort_repository: str | None = None
-    npy_matlab_repository: str | None = None
-    wheelhouse: Path | None = None
-    mex_binaries: Path = MEX_BINARIES_DIR
-    ca_bundle: Path | None = None
-    cuda_toolkit: Path | None = None
-    host_compiler: str | None = None
-    gencode: tuple[str, ...] = ()
-    ensure_determ: bool = False
-    mex_spec: Path | None = None
-    compile_mex: bool = False
-    no_cache: bool = False
-    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,84 +59,22 @@ class BuildPlan:
 
 def mex_binaries_folder(options: BuildOptions, profile: Profile, pins: Pins) -> Path:
     """``mex-binaries/<profile>/<kilosort commit>/``: where ``invoke build-mex`` keeps them."""
-    return options.mex_binaries / profile.name / pins.kilosort3.commit
+    return PlanContext(profile, pins, options).mex_binaries_folder
 
 
-def _buildargs(
-    spec: ImageSpec,
-    profile: Profile,
-    pins: Pins,
-    base: str,
-    options: BuildOptions,
-    refs: dict[str, str],
-) -> tuple[dict[str, str], tuple[str, ...]]:
-    args = {"BASE_IMAGE": base}
-    extras: list[str] = []
-    if spec.name == "matlab-toolboxes":
-        args |= {
-            "MATLAB_RELEASE": profile.matlab_release,
-            "MATLAB_ROOT": profile.matlab_root,
-            "MATLAB_PRODUCTS": " ".join(profile.toolboxes),
-            "MPM_URL": profile.mpm_url,
-        }
-    elif spec.name == "kilosort3-code":
-        args |= {
-            "KILOSORT_VERSION": pins.kilosort3.version,
-            "KILOSORT_COMMIT": pins.kilosort3.commit,
-            "NPY_MATLAB_COMMIT": pins.npy_matlab.commit,
-            "KILOSORT_DIR": KILOSORT_DIR,
-            "NPY_MATLAB_DIR": NPY_MATLAB_DIR,
-        }
-        ks_repo = options.kilosort_repository or pins.kilosort3.repository
-        npy_repo = options.npy_matlab_repository or pins.npy_matlab.repository
-        extras += [
-            f"Kilosort {pins.kilosort3.tag or pins.kilosort3.version} from {ks_repo} at "
-            f"{pins.kilosort3.commit}",
-            f"npy-matlab from {npy_repo} at {pins.npy_matlab.commit}",
-            "matlab/ (start-up adds Kilosort and npy-matlab to the path)",
-        ]
-    elif spec.name == "kilosort3":
-        args |= {
-            "TOOLKIT_BASE_IMAGE": refs["matlab-toolboxes"],
-            "KILOSORT_DIR": KILOSORT_DIR,
-            "CUDA_ROOT": profile.cuda_root,
-            "HOST_COMPILER": options.host_compiler or profile.host_compiler,
-            "CUDA_INSTALLER_URL": profile.cuda_installer_url or "",
-            "CUDA_INSTALLER_SHA256": profile.cuda_installer_sha256 or "",
-        }
-        folder = mex_binaries_folder(options, profile, pins)
-        shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
-        if folder.is_dir() and not options.compile_mex:
-            extras.append(f"mex files from {shown} (checked against its manifest)")
-        elif options.cuda_toolkit or profile.cuda_installer_sha256:
-            source = options.cuda_toolkit or f"NVIDIA's installer {profile.cuda_installer_url}"
-            extras.append(
-                f"mex files compiled in the mex-build stage with CUDA {profile.cuda} from {source}"
-            )
-        else:
-            extras.append(
-                f"WARNING: no committed mex binaries in {shown} and no pinned sha256 for NVIDIA's "
-                f"CUDA {profile.cuda} installer: this image cannot be built; pass --cuda-toolkit "
-                "DIR or commit binaries with `invoke build-mex`"
-            )
-        if options.gencode or options.ensure_determ:
-            extras.append(
-                "compile options: "
-                + ", ".join(
-                    [*(f"--gencode {g}" for g in options.gencode)]
-                    + (["ENSURE_DETERM"] if options.ensure_determ else [])
-                )
-            )
-    elif spec.name == "kilosort4":
-        args |= {
-            "KILOSORT4_VERSION": pins.kilosort4_version,
-            "TORCH_VERSION": pins.torch_version,
-        }
-        if options.wheelhouse:
-            extras.append(f"wheels from {options.wheelhouse}")
-        if options.ca_bundle:
-            extras.append(f"CA bundle {options.ca_bundle} for pip")
-    return args, tuple(extras)
+def plan_for(options: BuildOptions, *, pins: Pins | None = None) -> BuildPlan:
+    """The build plan for ``options``: its profile (checked against ``options.cuda``, with the
+    base image and MPM overrides) and the pins from ``kilosort-docker.toml`` and ``VERSION``
+    (with any commit overrides). Raises UserError for bad input."""
+    profile = get_profile(
+        options.profile, cuda=options.cuda, allow_cuda_mismatch=options.allow_cuda_mismatch
+    ).with_overrides(base_image=options.base_image, mpm_url=options.mpm_url)
+    pins = with_commits(
+        pins or load_pins(),
+        kilosort_commit=options.kilosort_commit,
+        npy_matlab_commit=options.npy_matlab_commit,
+    )
+    return make_plan(profile, pins, options=options)
 
 
 def make_plan(
@@ -180,39 +83,35 @@ def make_plan(
     *,
     images: list[str] | None = None,
     options: BuildOptions | None = None,
+    stack: Stack = STACK,
     revision: str | None = None,
     created: str | None = None,
 ) -> BuildPlan:
-    """The build plan for ``images`` (all if None) and their parents.
+    """The build plan for ``images`` (all if None; else ``options.images``) and their parents,
+    from the entries of ``stack``.
 
     Raises UserError for an unknown image name.
     """
     options = options or BuildOptions()
+    images = images if images is not None else (list(options.images) or None)
     namespace = options.namespace or pins.namespace
     revision = revision or tags.git_revision()
     created = created or tags.created_timestamp()
     steps: list[BuildStep] = []
     refs: dict[str, str] = {}
     for spec in stack.build_order(images):
-        if spec.parent is not None:
-            base = refs[spec.parent]
-        elif spec.external_base == "matlab":
-            base = profile.base_image
-        else:
-            base = options.python_base_image or pins.python_base_image
-        repo = tags.repository(spec, namespace)
-        image_tags = tuple(tags.tags(spec, profile, pins))
-        buildargs, extras = _buildargs(spec, profile, pins, base, options, refs)
+        ctx = PlanContext(profile, pins, options, dict(refs))
+        base = refs[spec.parent] if spec.parent is not None else spec.base.ref(ctx)
         step = BuildStep(
             spec=spec,
-            repository=repo,
-            tags=image_tags,
+            repository=tags.repository(spec, namespace),
+            tags=tuple(tags.tags(spec, profile, pins)),
             base_image=base,
-            buildargs=buildargs,
+            buildargs={"BASE_IMAGE": base, **spec.buildargs(ctx)},
             labels=tags.labels(
                 spec, profile, pins, base_name=base, revision=revision, created=created
             ),
-            context_extras=extras,
+            context_extras=tuple(spec.describe(ctx)),
         )
         refs[spec.name] = step.refs[0]
         steps.append(step)

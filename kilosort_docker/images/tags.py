@@ -14,7 +14,7 @@ import subprocess
 
 from kilosort_docker.images.pins import ROOT, Pins
 from kilosort_docker.images.profiles import DEFAULT_PROFILE, Profile
-from kilosort_docker.images.stack import ImageSpec
+from kilosort_docker.images.spec import ImageSpec, PlanContext
 
 LABEL_PREFIX = "io.kilosort-docker"
 
@@ -27,11 +27,7 @@ def repository(spec: ImageSpec, namespace: str, registry: str | None = None) -> 
 
 def version_tag(spec: ImageSpec, profile: Profile, pins: Pins) -> str:
     """The moving tag: what the image holds (``3.0.2-r2022b``, ``r2022b``, ``4.1.7``)."""
-    if spec.kilosort == "kilosort4":
-        return pins.kilosort4_version
-    if spec.kilosort == "kilosort3":
-        return f"{pins.kilosort3.version}-{profile.name}"
-    return profile.name
+    return spec.version(PlanContext(profile, pins))
 
 
 def tags(spec: ImageSpec, profile: Profile, pins: Pins) -> list[str]:
@@ -110,9 +106,5 @@ def labels(
                 f"{LABEL_PREFIX}.cuda.version": profile.cuda,
             }
         )
-    if spec.kilosort == "kilosort3":
-        result[f"{LABEL_PREFIX}.kilosort.version"] = pins.kilosort3.version
-    elif spec.kilosort == "kilosort4":
-        result[f"{LABEL_PREFIX}.kilosort.version"] = pins.kilosort4_version
-        result[f"{LABEL_PREFIX}.torch.version"] = pins.torch_version
+    result.update(spec.labels(PlanContext(profile, pins)))
     return result

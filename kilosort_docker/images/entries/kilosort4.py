@@ -1,0 +1,112 @@
+"""``kilosort4``: Kilosort 4 (Python, PyTorch) from PyPI on a Python base, for GPU or CPU.
+
+No license is needed to build or run it. Wheels from ``--wheelhouse`` (e.g. a CPU-only torch)
+and a CA bundle for pip (a TLS-inspecting proxy) are staged into the context when given.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kilosort_docker.errors import UserError
+from kilosort_docker.images import checks
+from kilosort_docker.images.checks import ImageUnderTest
+from kilosort_docker.images.spec import ExternalBase, ImageCheck, ImageSpec, PlanContext
+from kilosort_docker.images.tags import LABEL_PREFIX
+
+if TYPE_CHECKING:
+    from kilosort_docker.images.plan import BuildPlan
+
+#: The most a kilosort4 image may weigh (CUDA builds of PyTorch are large), in GB.
+SIZE_BUDGET_GB = 12.0
+
+
+def _buildargs(ctx: PlanContext) -> dict[str, str]:
+    return {
+        "KILOSORT4_VERSION": ctx.pins.kilosort4_version,
+        "TORCH_VERSION": ctx.pins.torch_version,
+    }
+
+
+def _describe(ctx: PlanContext) -> list[str]:
+    lines = []
+    if ctx.options.wheelhouse:
+        lines.append(f"wheels from {ctx.options.wheelhouse}")
+    if ctx.options.ca_bundle:
+        lines.append(f"CA bundle {ctx.options.ca_bundle} for pip")
+    return lines
+
+
+def _stage(plan: BuildPlan, context: Path) -> dict[str, str]:
+    """Copy the wheelhouse's wheels into ``wheels/`` and the CA bundle into ``certs/`` (both
+    folders exist, empty, when not given); raises UserError for a wheelhouse with no wheels."""
+    wheels = context / "wheels"
+    wheels.mkdir(exist_ok=True)
+    if plan.options.wheelhouse:
+        found = sorted(Path(plan.options.wheelhouse).glob("*.whl"))
+        if not found:
+            raise UserError(
+                f"wheelhouse {plan.options.wheelhouse} holds no .whl files: "
+                "point --wheelhouse at a folder of wheels"
+            )
+        for wheel in found:
+            shutil.copy2(wheel, wheels / wheel.name)
+    certs = context / "certs"
+    certs.mkdir(exist_ok=True)
+    if plan.options.ca_bundle:
+        shutil.copy2(plan.options.ca_bundle, certs / "ca-bundle.pem")
+    return {}
+
+
+def _kilosort4_versions(target: ImageUnderTest) -> tuple[bool, str]:
+    code, out = target.sh(
+        'python -c "import sys, kilosort, torch; from importlib.metadata import version; '
+        "print(sys.version_info[0], sys.version_info[1], version('kilosort'), "
+        "torch.__version__.split('+')[0])\""
+    )
+    parts = out.split()
+    if code != 0 or len(parts) < 4:
+        return False, f"python cannot import kilosort and torch: {out.strip()[-200:]}"
+    major, minor, ks, torch_version = parts[-4:]
+    problems = []
+    if (int(major), int(minor)) < (3, 10):
+        problems.append(f"Python {major}.{minor} < 3.10")
+    if ks != target.pins.kilosort4_version:
+        problems.append(f"kilosort {ks} != pinned {target.pins.kilosort4_version}")
+    if torch_version != target.pins.torch_version:
+        problems.append(f"torch {torch_version} != pinned {target.pins.torch_version}")
+    detail = f"Python {major}.{minor}, kilosort {ks}, torch {torch_version}"
+    return (not problems, "; ".join(problems) if problems else detail)
+
+
+IMAGE = ImageSpec(
+    name="kilosort4",
+    title="Kilosort 4 (Python, PyTorch) for GPU or CPU; no license needed",
+    base=ExternalBase(
+        label="Python base image",
+        ref=lambda ctx: ctx.options.python_base_image or ctx.pins.python_base_image,
+        flag="--python-base",
+    ),
+    per_profile=False,
+    needs_license=False,
+    buildargs=_buildargs,
+    describe=_describe,
+    stage=_stage,
+    version=lambda ctx: ctx.pins.kilosort4_version,
+    labels=lambda ctx: {
+        f"{LABEL_PREFIX}.kilosort.version": ctx.pins.kilosort4_version,
+        f"{LABEL_PREFIX}.torch.version": ctx.pins.torch_version,
+    },
+    checks=(
+        checks.NON_ROOT,
+        ImageCheck(
+            "kilosort4-versions",
+            "Python >= 3.10 with kilosort and torch at the pinned versions",
+            _kilosort4_versions,
+        ),
+        checks.NO_SECRETS,
+    ),
+    size_budget_gb=lambda profile: SIZE_BUDGET_GB,
+)

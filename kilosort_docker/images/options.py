@@ -1,0 +1,249 @@
+"""Every build option, declared once: its type, default and help text.
+
+:class:`BuildOptions` is the one place a build flag is written. ``tasks.py`` derives each
+task's parameters and ``--help`` from the field metadata (:func:`flag_help`), the plan reads the
+fields, and the build record stores them. A field marked ``site`` may also come from invoke's
+configuration (``kilosort_docker.<field>`` in ``invoke.yaml`` or ``INVOKE_KILOSORT_DOCKER_<FIELD>``
+in the environment), so a site writes its mirrors once instead of on every command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from kilosort_docker.errors import UserError
+from kilosort_docker.images.profiles import DEFAULT_PROFILE
+from kilosort_docker.paths import MEX_BINARIES_DIR
+
+#: The invoke configuration section that holds site settings.
+CONFIG_SECTION = "kilosort_docker"
+
+
+def _option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    site: bool = False,
+    repeatable: bool = False,
+    path: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field whose metadata carries its command-line help.
+
+    ``flag`` is the task parameter's name where it differs from the field's (``python_base`` for
+    ``python_base_image``); ``site`` lets invoke's configuration set it; ``repeatable`` makes it
+    an invoke iterable flag; ``path`` makes it a :class:`~pathlib.Path`; ``cli=False`` keeps it
+    off the command line (tests, internal use).
+    """
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "site": site,
+        "repeatable": repeatable,
+        "path": path,
+        "cli": cli,
+    }
+    if isinstance(default, tuple | list):
+        return field(default=tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a build may change beyond the pins; the defaults build the pinned stack.
+
+    Paths are :class:`~pathlib.Path` once :meth:`from_flags` has checked them. Raises nothing
+    itself; :meth:`from_flags` raises UserError for a path that is not there.
+    """
+
+    profile: str = _option(
+        DEFAULT_PROFILE, "release profile (default r2022b; `invoke profiles` lists them)"
+    )
+    images: tuple[str, ...] = _option(
+        (),
+        "build only this image and its parents (repeatable; `invoke stack` lists them)",
+        flag="image",
+        repeatable=True,
+    )
+    no_cache: bool = _option(False, "build without Docker's layer cache")
+    cuda: str | None = _option(
+        None, "CUDA toolkit version; must match the profile unless --allow-cuda-mismatch"
+    )
+    allow_cuda_mismatch: bool = _option(
+        False, "accept a CUDA version the MATLAB release does not expect (experts)"
+    )
+    base_image: str | None = _option(
+        None,
+        "MATLAB base image instead of the profile's (a mirror or air-gapped registry)",
+        site=True,
+    )
+    mpm_url: str | None = _option(
+        None, "where to download MPM from instead of MathWorks (a mirror)", site=True
+    )
+    python_base_image: str | None = _option(
+        None,
+        "base image for kilosort4 instead of the pinned Python image",
+        flag="python_base",
+        site=True,
+    )
+    kilosort_repository: str | None = _option(
+        None,
+        "fetch Kilosort from this URL or local path instead of GitHub",
+        flag="kilosort_repo",
+        site=True,
+    )
+    kilosort_commit: str | None = _option(
+        None, "build this Kilosort commit instead of the pinned one (testing a fix)"
+    )
+    npy_matlab_repository: str | None = _option(
+        None,
+        "fetch npy-matlab from this URL or local path instead of GitHub",
+        flag="npy_matlab_repo",
+        site=True,
+    )
+    npy_matlab_commit: str | None = _option(
+        None, "build this npy-matlab commit instead of the pinned one"
+    )
+    wheelhouse: Path | None = _option(
+        None,
+        "folder of wheels pip may install from in the kilosort4 image",
+        site=True,
+        path=True,
+    )
+    ca_bundle: Path | None = _option(
+        None,
+        "PEM file of CA certificates pip should trust while building (TLS proxy)",
+        site=True,
+        path=True,
+    )
+    mex_binaries: Path = _option(
+        MEX_BINARIES_DIR,
+        "folder of committed mex binaries (default mex-binaries/)",
+        path=True,
+    )
+    cuda_toolkit: Path | None = _option(
+        None,
+        "compile with this installed CUDA toolkit folder instead of NVIDIA's installer",
+        site=True,
+        path=True,
+    )
+    host_compiler: str | None = _option(
+        None, "host compiler for nvcc and the link instead of the profile's"
+    )
+    gencode: tuple[str, ...] = _option(
+        (),
+        "add an nvcc target, e.g. compute_80,compute_80 (repeatable; checked against CUDA)",
+        repeatable=True,
+    )
+    ensure_determ: bool = _option(
+        False, "compile mexMPnu8 with ENSURE_DETERM (deterministic, about 2x slower)"
+    )
+    namespace: str | None = _option(
+        None, "repository namespace (default from kilosort-docker.toml)", site=True
+    )
+    mex_spec: Path | None = _option(
+        None,
+        "a mex spec JSON instead of Kilosort's own list (tests)",
+        cli=False,
+        path=True,
+    )
+    compile_mex: bool = _option(
+        False, "compile even when committed binaries exist (invoke build-mex)", cli=False
+    )
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> BuildOptions:
+        """Options from task parameters (``python_base=...``) or field names; ``None`` and empty
+        values keep the default.
+
+        Raises UserError for an unknown flag, a wheelhouse or CUDA toolkit that is not a folder,
+        or a CA bundle that is not a file or holds a private key.
+        """
+        by_flag = {flag_name(f): f for f in fields(cls)} | {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in flags.items():
+            if key not in by_flag:
+                raise UserError(f"unknown build option {key!r}")
+            if value is None or value == () or value == []:
+                continue
+            spec = by_flag[key]
+            if spec.metadata["path"]:
+                value = Path(value)
+            if spec.metadata["repeatable"]:
+                value = tuple(value)
+            values[spec.name] = value
+        options = cls(**values)
+        options.check_paths()
+        return options
+
+    def check_paths(self) -> None:
+        """Raise UserError for a path option that does not hold what it should."""
+        if self.wheelhouse and not self.wheelhouse.is_dir():
+            raise UserError(
+                f"wheelhouse {self.wheelhouse} is not a folder: pass a folder of .whl files"
+            )
+        if self.cuda_toolkit and not self.cuda_toolkit.is_dir():
+            raise UserError(
+                f"--cuda-toolkit {self.cuda_toolkit} is not a folder: pass a CUDA toolkit"
+            )
+        if self.ca_bundle and not self.ca_bundle.is_file():
+            raise UserError(f"CA bundle {self.ca_bundle} is not a file: pass a PEM file")
+        if self.ca_bundle and "PRIVATE KEY" in self.ca_bundle.read_text(errors="replace"):
+            raise UserError(
+                f"{self.ca_bundle} holds a private key: pass only public CA certificates"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (paths as strings), for the build record."""
+        return {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BuildOptions:
+        """The inverse of :meth:`to_dict` (unknown keys are ignored; paths are not checked)."""
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in known or value is None:
+                continue
+            if known[key].metadata["path"]:
+                value = Path(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[key] = value
+        return cls(**values)
+
+
+def flag_name(spec: dataclasses.Field) -> str:
+    """The task parameter name of an option field (``python_base`` for ``python_base_image``)."""
+    return spec.metadata.get("flag") or spec.name
+
+
+def option_fields(names: Iterable[str] | None = None) -> list[dataclasses.Field]:
+    """The command-line option fields, all or those whose field or flag name is in ``names``
+    (in that order)."""
+    cli = [f for f in fields(BuildOptions) if f.metadata["cli"]]
+    if names is None:
+        return cli
+    by_name = {f.name: f for f in cli} | {flag_name(f): f for f in cli}
+    return [by_name[n] for n in names]
+
+
+def flag_help(names: Iterable[str] | None = None) -> dict[str, str]:
+    """``{task parameter: help}`` for the named option fields (all if None)."""
+    return {flag_name(f): f.metadata["help"] for f in option_fields(names)}
+
+
+def site_defaults() -> dict[str, None]:
+    """The keys of invoke's ``kilosort_docker`` configuration section, all unset: the options a
+    site may set once (plus ``registry``, the push target)."""
+    keys = {flag_name(f): None for f in fields(BuildOptions) if f.metadata["site"]}
+    keys["registry"] = None
+    return keys
