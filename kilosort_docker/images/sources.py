@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
+from kilosort_docker import git
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.pins import GitPin
 
@@ -24,24 +24,6 @@ log = logging.getLogger(__name__)
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "kilosort-docker" / "git"
-
-
-def _git(*args: str, cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        )
-    except FileNotFoundError as exc:
-        raise UserError("git is not installed: install git (apt-get install git)") from exc
-    if done.returncode != 0:
-        message = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise subprocess.CalledProcessError(done.returncode, args, done.stdout, message)
-    return done.stdout.strip()
 
 
 def mirror(repository: str, *, cache: Path | None = None) -> Path:
@@ -58,13 +40,13 @@ def mirror(repository: str, *, cache: Path | None = None) -> Path:
     try:
         if target.exists():
             log.info("updating mirror of %s", repository)
-            _git("--git-dir", str(target), "fetch", "--prune", "--tags", "origin")
+            git.output("--git-dir", str(target), "fetch", "--prune", "--tags", "origin")
         else:
             log.info("mirroring %s", repository)
-            _git("clone", "--mirror", "--quiet", repository, str(target))
-    except subprocess.CalledProcessError as exc:
+            git.output("clone", "--mirror", "--quiet", repository, str(target))
+    except git.GitError as exc:
         raise UserError(
-            f"cannot fetch {repository} ({exc.stderr}): check the network, or pass a local "
+            f"cannot fetch {repository} ({exc.message}): check the network, or pass a local "
             "mirror with --kilosort-repo / --npy-matlab-repo"
         ) from None
     return target
@@ -73,7 +55,7 @@ def mirror(repository: str, *, cache: Path | None = None) -> Path:
 def resolve(pin: GitPin, git_dir: Path) -> str:
     """The full commit the pin names in ``git_dir``; raises UserError if absent or mismatched."""
     try:
-        full = _git(
+        full = git.output(
             "--git-dir",
             str(git_dir),
             "rev-parse",
@@ -81,7 +63,7 @@ def resolve(pin: GitPin, git_dir: Path) -> str:
             "--quiet",
             f"{pin.commit}^{{commit}}",
         )
-    except subprocess.CalledProcessError:
+    except git.GitError:
         raise UserError(
             f"commit {pin.commit} is not in {pin.repository}: fix the pin in "
             "kilosort-docker.toml or point at the right repository"
@@ -90,7 +72,7 @@ def resolve(pin: GitPin, git_dir: Path) -> str:
         raise UserError(f"{pin.commit} resolved to {full}, which is not the pinned commit")
     if pin.tag:
         try:
-            tagged = _git(
+            tagged = git.output(
                 "--git-dir",
                 str(git_dir),
                 "rev-parse",
@@ -98,7 +80,7 @@ def resolve(pin: GitPin, git_dir: Path) -> str:
                 "--quiet",
                 f"refs/tags/{pin.tag}^{{commit}}",
             )
-        except subprocess.CalledProcessError:
+        except git.GitError:
             log.warning("tag %s is not in %s; using the pinned commit", pin.tag, pin.repository)
         else:
             if tagged != full:
@@ -121,7 +103,7 @@ def export(pin: GitPin, dest: Path, *, repository: str | None = None) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "src.tar"
-        _git("--git-dir", str(git_dir), "archive", "--format=tar", "-o", str(archive), full)
+        git.output("--git-dir", str(git_dir), "archive", "--format=tar", "-o", str(archive), full)
         with tarfile.open(archive) as tar:
             tar.extractall(dest, filter="data")
     log.info("exported %s at %s into %s", source, full[:12], dest)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 
-from kilosort_docker.images.pins import ROOT, Pins
+from kilosort_docker import git
+from kilosort_docker.images.pins import Pins
 from kilosort_docker.images.profiles import DEFAULT_PROFILE, Profile
 from kilosort_docker.images.spec import ImageSpec, PlanContext
+from kilosort_docker.paths import ROOT
 
 LABEL_PREFIX = "io.kilosort-docker"
 
@@ -44,22 +45,7 @@ def tags(spec: ImageSpec, profile: Profile, pins: Pins) -> list[str]:
 
 def git_revision() -> str:
     """This repository's commit (with ``-dirty`` for local changes), or ``unknown``."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{rev}-dirty" if dirty else rev
+    return git.revision(ROOT)
 
 
 def created_timestamp() -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kilosort_docker import git
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.pins import ROOT, Release, load_pins
 from kilosort_docker.release.bump import CHANGELOG_NAME, CONFIG_NAME, VERSION_NAME, changelog_has
@@ -40,17 +41,11 @@ def tag_name(release: Release) -> str:
 
 def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            check=check,
-        )
-    except FileNotFoundError:
-        raise UserError("git is not installed: install git") from None
-    except subprocess.CalledProcessError as exc:
-        detail = " ".join((exc.stderr or exc.stdout or "").split())[:200]
-        raise UserError(f"git {args[0]} failed ({detail}): fix the repository and retry") from None
+        return git.run("-C", str(root), *args, check=check)
+    except git.GitError as exc:
+        raise UserError(
+            f"git {args[0]} failed ({exc.stderr[:200]}): fix the repository and retry"
+        ) from None
 
 
 def run_nox(root: Path = ROOT, sessions: tuple[str, ...] = ("lint", "tests")) -> bool:
@@ -165,16 +160,9 @@ def release(
 def _tag(root: Path, tag: str, message: str) -> None:
     """Create the annotated tag ``tag`` at HEAD with ``message``."""
     try:
-        subprocess.run(
-            ["git", "-C", str(root), "tag", "--annotate", tag, "--file", "-"],
-            input=message,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        detail = " ".join((exc.stderr or "").split())[:200]
+        git.run("-C", str(root), "tag", "--annotate", tag, "--file", "-", input=message)
+    except git.GitError as exc:
         raise UserError(
-            f"git could not create the tag {tag} ({detail}): set user.name and user.email, "
-            "then retry"
+            f"git could not create the tag {tag} ({exc.detail}): set user.name and "
+            "user.email, then retry"
         ) from None
