@@ -2,7 +2,7 @@
 """Benchmark (not a test): parallel (make -jN) against sequential (make -j1) mex compiles.
 
 Compiles the test sources in ``tests/standins/cuda-sources`` against the stand-in mex API
-with the Makefile ``kilosort_docker/mex.py`` generates, ``--repeats`` times each way, from
+with the Makefile ``kilosort_docker.mex`` generates, ``--repeats`` times each way, from
 clean object and output folders, and reports the median wall times and their ratio
 (sequential / parallel, so > 1 means parallel is faster). Writes ``mex_compile.json`` and a
 bar chart ``mex_compile.png`` (matplotlib, Agg) into ``--out`` (default ``benchmarks/out``).
@@ -111,7 +111,7 @@ def main() -> int:
             gencode=tuple(args.gencode or DEFAULT_GENCODE),
         ).validated()
         spec = mex.MexSpec.from_dict(json.loads((SOURCES / "spec.json").read_text()))
-        plan = mex.BuildPlan(chain, spec, str(SOURCES), "benchmark")
+        plan = mex.MexPlan(chain, spec, str(SOURCES), "benchmark")
         makefile = mex.write_makefile(plan, tmp / "Makefile")
         load_before = os.getloadavg()[0]
         sequential, parallel, cpu = [], [], []

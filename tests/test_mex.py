@@ -15,20 +15,22 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import zipapp
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from kilosort_docker import mex
+from kilosort_docker import atomic, mex
+from kilosort_docker.atomic import replace_folder
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.profiles import get_profile
+from kilosort_docker.mex.manifest import source_path
+from tests.support import make_matlab_root
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "standins" / "cuda-sources"
-MEXAPI = HERE / "standins" / "mexapi"
-sys.path.insert(0, str(MEXAPI))
-
-from make_root import make_matlab_root  # noqa: E402
 
 CUDA_ROOT = os.environ.get("CUDA_ROOT", "/usr/local/cuda")
 NVCC = mex.find_tool("nvcc", CUDA_ROOT)
@@ -103,12 +105,12 @@ FACTS_LIBS = [
 
 
 @pytest.fixture(scope="module")
-def r2022b_plan() -> mex.BuildPlan:
+def r2022b_plan() -> mex.MexPlan:
     chain = mex.toolchain_from_profile(get_profile("r2022b"))
-    return mex.BuildPlan(chain, mex.get_spec("3.0.2"), "/ks/CUDA", "c43f524")
+    return mex.MexPlan(chain, mex.get_spec("3.0.2"), "/ks/CUDA", "c43f524")
 
 
-def _steps(plan: mex.BuildPlan, name: str) -> dict[str, list[str]]:
+def _steps(plan: mex.MexPlan, name: str) -> dict[str, list[str]]:
     variables = plan.variables(out_dir="out", obj_dir="obj")
     steps = mex.mex_steps(plan.toolchain, plan.spec.source(name))
     return {s.kind: [mex.expand(a, variables) for a in s.argv] for s in steps}
@@ -343,7 +345,7 @@ def test_first_error_names_file_and_message():
 
 
 def test_plan_and_spec_round_trip(r2022b_plan):
-    assert mex.BuildPlan.from_json(r2022b_plan.to_json()) == r2022b_plan
+    assert mex.MexPlan.from_json(r2022b_plan.to_json()) == r2022b_plan
     spec = mex.MexSpec.from_dict(json.loads((SOURCES / "spec.json").read_text()))
     assert mex.MexSpec.from_dict(spec.to_dict()) == spec
     assert spec.source("mexTree").dynamic and spec.source("mexTree").includes == ("treeHelper.cu",)
@@ -363,8 +365,8 @@ def test_make_dry_run_expands_to_the_same_commands(r2022b_plan, tmp_path):
     src, root = tmp_path / "k", tmp_path / "matlab"
     plan = r2022b_plan.with_paths(src_dir=str(src), matlab_root=str(root))
     for source in plan.spec.sources:  # make -n needs the prerequisites to exist
-        for path in [mex._source_path(plan, source)] + [
-            mex._source_path(plan, source, inc) for inc in source.includes
+        for path in [source_path(plan, source)] + [
+            source_path(plan, source, inc) for inc in source.includes
         ]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
@@ -411,7 +413,7 @@ def _test_plan(matlab_root: Path, src_dir: Path = SOURCES, gencode=TEST_GENCODE,
         gencode=gencode,
     )
     spec = spec or mex.MexSpec.from_dict(json.loads((SOURCES / "spec.json").read_text()))
-    return mex.BuildPlan(chain, spec, str(src_dir), "0123456789abcdef")
+    return mex.MexPlan(chain, spec, str(src_dir), "0123456789abcdef")
 
 
 @pytest.fixture(scope="session")
@@ -527,11 +529,11 @@ def test_tampered_binaries_fail_verification(built, tmp_path):
 
 
 @needs_nvcc
-def test_build_stage_flow_with_the_single_file(matlab_root, tmp_path):
-    """What the Docker stage does: mex.py alone, a plan JSON, make -j, then the manifest."""
+def test_build_stage_flow_with_the_zipapp(matlab_root, tmp_path):
+    """What the Docker stage does: mex.pyz alone, a plan JSON, make -j, then the manifest."""
     stage = tmp_path / "stage"
     stage.mkdir()
-    shutil.copy(Path(mex.__file__), stage / "mex.py")
+    mex.write_zipapp(stage / "mex.pyz")
     spec = mex.MexSpec("test", (mex.MexSource("mexScale", "mexScale.cu"),))
     plan = _test_plan(Path("/nonexistent/matlab"), Path("/nonexistent/src"), spec=spec)
     (stage / "plan.json").write_text(plan.to_json())
@@ -539,7 +541,7 @@ def test_build_stage_flow_with_the_single_file(matlab_root, tmp_path):
     run = dict(cwd=stage, env=env, capture_output=True, text=True)
 
     def py(*args):
-        result = subprocess.run([sys.executable, "-I", "mex.py", *args], **run)
+        result = subprocess.run([sys.executable, "-I", "mex.pyz", *args], **run)
         assert result.returncode == 0, result.stderr
         return result
 
@@ -620,3 +622,165 @@ def test_existing_output_needs_replace_and_is_swapped_after_success(matlab_root,
     assert mex.verify_manifest(existing_out) == []
     assert (existing_out / "mexScale.mexa64").read_bytes() != b"previous binary"
     assert [p.name for p in existing_out.parent.iterdir()] == [existing_out.name]
+
+
+# --------------------------------------------------------------------------------------------
+# Spec data files, the build stage's zipapp, the folder swap
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_kilosort_version_has_its_spec_file():
+    specs = Path(mex.__file__).parent / "specs"
+    assert sorted(p.name for p in specs.glob("*.json")) == sorted(
+        f"kilosort-{v}.json" for v in mex.kilosort_versions()
+    )
+    ks3 = mex.get_spec("3.0.2", diagnostic=False)
+    for version in mex.kilosort_versions():
+        spec = mex.get_spec(version, diagnostic=False)
+        assert spec.kilosort_version == version
+        if version.startswith("3."):
+            assert spec.sources == ks3.sources
+        else:  # Kilosort 2.5 has no spikedetector3PC
+            assert spec.sources == tuple(s for s in ks3.sources if s.name != "spikedetector3PC")
+
+
+def _pyz_python(pyz: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``python3 -I -S`` (isolated, no site-packages: the standard library only) from
+    ``cwd``, a folder outside the repository."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    return subprocess.run(
+        [sys.executable, "-I", "-S", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_zipapp_runs_with_only_the_standard_library(tmp_path):
+    pyz = mex.write_zipapp(tmp_path / "mex.pyz")
+    assert zipapp.get_interpreter(str(pyz)) == "/usr/bin/env python3"
+    gencode = [str(g) for g in get_profile("r2022b").gencode]
+    flags = ["--profile-name", "r2022b", "--matlab-root", ML, "--cuda-root", CU,
+             "--cuda-version", "11.2", "--host-compiler", "g++-10", "--src-dir", "/ks/CUDA",
+             "--kilosort-commit", "c43f524"] + [f"--gencode={g}" for g in gencode]  # fmt: skip
+    result = _pyz_python(pyz, "mex.pyz", "commands", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    chain = mex.toolchain_from_profile(get_profile("r2022b"))
+    expected = mex.dry_run(mex.MexPlan(chain, mex.get_spec("3.0.2"), "/ks/CUDA", "c43f524"))
+    assert result.stdout == expected
+    # --profile needs the rest of kilosort_docker, which the zipapp does not hold
+    refused = _pyz_python(pyz, "mex.pyz", "commands", "--profile", "r2022b", cwd=tmp_path)
+    assert refused.returncode == 2 and "--profile needs the kilosort_docker package" in (
+        refused.stderr
+    )
+    (tmp_path / "empty").mkdir()
+    missing = _pyz_python(pyz, "mex.pyz", "verify", "empty", cwd=tmp_path)
+    assert missing.returncode == 1 and "no manifest.json" in missing.stdout
+    # every module comes from the archive
+    code = (
+        "import sys; sys.path.insert(0, 'mex.pyz'); import kilosort_docker.mex as m, "
+        "kilosort_docker.atomic as a, kilosort_docker.mex.pyz as p; "
+        "print(m.__file__, a.__file__, p.__file__, m.get_spec('2.5').kilosort_version)"
+    )
+    where = _pyz_python(pyz, "-c", code, cwd=tmp_path)
+    assert where.returncode == 0, where.stderr
+    *files, version = where.stdout.split()
+    assert version == "2.5"
+    assert all(f.startswith(f"mex.pyz{os.sep}kilosort_docker{os.sep}") for f in files), files
+
+
+def test_zipapp_is_deterministic_and_minimal(tmp_path):
+    first = mex.write_zipapp(tmp_path / "a.pyz")
+    time.sleep(1.1)  # zip timestamps have a 2 s resolution; the entries' must not move
+    second = mex.write_zipapp(tmp_path / "b.pyz")
+    assert first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(first) as archive:
+        infos = archive.infolist()
+    names = [i.filename for i in infos]
+    assert names == sorted(names)
+    assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    top = {n.split("/")[1] for n in names if n.startswith("kilosort_docker/")}
+    assert top == {"__init__.py", "errors.py", "atomic.py", "mex"}
+    assert "__main__.py" in names and "kilosort_docker/mex/specs/kilosort-3.0.2.json" in names
+    package = Path(mex.__file__).parent
+    here = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    assert {n[len("kilosort_docker/mex/") :] for n in names if n.endswith(".py")} >= here
+
+
+def test_replace_folder_swaps_and_leaves_nothing_behind(tmp_path):
+    dest, staged = tmp_path / "dest", tmp_path / "staged"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    staged.mkdir()
+    (staged / "new.txt").write_text("new")
+    replace_folder(staged, dest)
+    assert [p.name for p in dest.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]
+    (tmp_path / "fresh").mkdir()
+    replace_folder(tmp_path / "fresh", tmp_path / "absent")  # nothing to move aside
+    assert (tmp_path / "absent").is_dir() and not (tmp_path / "fresh").exists()
+
+
+def _failing_rename(monkeypatch, fail_from: Path) -> None:
+    real = atomic.os.rename
+
+    def rename(src, dst):
+        if Path(src) == fail_from:
+            raise OSError(18, "Invalid cross-device link (injected)")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+
+
+def test_replace_folder_restores_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+    dest, staged = tmp_path / "dest", tmp_path / "staged"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    staged.mkdir()
+    (staged / "new.txt").write_text("new")
+    _failing_rename(monkeypatch, staged)  # the second rename: staged -> dest
+    with pytest.raises(OSError, match="injected"):
+        replace_folder(staged, dest)
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]
+    assert (dest / "old.txt").read_text() == "old"
+    assert (staged / "new.txt").read_text() == "new"  # left for the caller to clean up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "staged"]
+
+
+def test_replace_folder_names_the_old_folder_when_it_cannot_be_restored(tmp_path, monkeypatch):
+    dest, staged = tmp_path / "dest", tmp_path / "staged"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    staged.mkdir()
+    aside = []
+    real = atomic.os.rename
+
+    def rename(src, dst):
+        if Path(src) == dest:
+            aside.append(Path(dst))
+            return real(src, dst)
+        raise OSError(5, "I/O error (injected)")
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(UserError, match="move it back by hand") as err:
+        replace_folder(staged, dest)
+    assert str(aside[0]) in str(err.value)
+    assert (aside[0] / "old.txt").read_text() == "old"
+
+
+@needs_nvcc
+def test_failed_swap_keeps_the_previous_binaries(matlab_root, existing_out, monkeypatch):
+    spec = mex.MexSpec("test", (mex.MexSource("mexScale", "mexScale.cu"),))
+    plan = _test_plan(matlab_root, spec=spec, gencode=("compute_80,sm_80",))
+    real, into_place = atomic.os.rename, []
+
+    def rename(src, dst):
+        if Path(dst) == existing_out:
+            into_place.append(src)
+            if len(into_place) == 1:  # the new binaries; putting the old ones back works
+                raise OSError(18, "Invalid cross-device link (injected)")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(OSError, match="injected"):
+        mex.build(plan, existing_out, replace_existing=True, echo=False)
+    assert len(into_place) == 2
+    _untouched(existing_out)

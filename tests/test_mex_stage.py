@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import support
 from kilosort_docker import commands, mex
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import build, mexstage
 from kilosort_docker.images.profiles import Gencode
+from tests import support
 
 pytestmark = pytest.mark.docker
 
@@ -126,7 +126,7 @@ def test_stage_compiles_in_parallel_and_ships_only_binaries(docker_client, compi
     assert "No such file" in out  # no CUDA toolkit in the final image
     manifest = json.loads(out[out.index("{") :])
     assert f"release {manifest['cuda_version']}" in manifest["nvcc_version"]
-    assert manifest["gencode"] == [str(mex.as_target(g)) for g in GENCODE]
+    assert manifest["gencode"] == [str(mex.as_gencode(g)) for g in GENCODE]
 
 
 def test_binaries_hold_exactly_the_requested_sass_and_ptx(docker_client, compiled):

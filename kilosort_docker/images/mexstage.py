@@ -4,7 +4,8 @@ Committed binaries in ``mex-binaries/<profile>/<kilosort commit>/`` are used whe
 manifest names the same profile and Kilosort commit and every checksum holds; the stage checks
 the checksums again (``SHA256SUMS``) and needs no CUDA toolkit. Otherwise the stage compiles:
 it gets a CUDA toolkit (a folder from the build host, or NVIDIA's installer checked against the
-profile's sha256), the build plan (``plan.json``) and ``mex.py``, and runs ``make -j$(nproc)``.
+profile's sha256), the build plan (``plan.json``) and ``mex.pyz`` (the ``kilosort_docker.mex``
+package as one zipapp, :func:`kilosort_docker.mex.write_zipapp`), and runs ``make -j$(nproc)``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from kilosort_docker.images.plan import BuildPlan, mex_binaries_folder
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent.parent / "mex"
 DOCKER_DIR = paths.DOCKER_DIR / "kilosort3"
 STAGE_SRC_DIR = "/tmp/mex/src"
 
@@ -50,7 +50,7 @@ def toolkit_version(folder: Path) -> str:
     return match[1]
 
 
-def mex_plan(plan: BuildPlan) -> mex.BuildPlan:
+def mex_plan(plan: BuildPlan) -> mex.MexPlan:
     """The mex build plan (commands, gencode, spec) for the build's profile and options.
 
     Raises UserError where the toolkit cannot emit a requested target.
@@ -63,7 +63,7 @@ def mex_plan(plan: BuildPlan) -> mex.BuildPlan:
     chain = mex.toolchain_from_profile(
         plan.profile, options.gencode, host_compiler=options.host_compiler
     )
-    return mex.BuildPlan(
+    return mex.MexPlan(
         chain, spec, src_dir=STAGE_SRC_DIR, kilosort_commit=plan.pins.kilosort3.commit
     )
 
@@ -111,7 +111,7 @@ def stage(plan: BuildPlan, context: Path) -> str:
         for name, entry in sorted(manifest["binaries"].items()):
             shutil.copy2(folder / name, prebuilt / name)
             sums.append(f"{entry['sha256']}  {name}\n")
-        shutil.copy2(folder / mex.MANIFEST_NAME, prebuilt / mex.MANIFEST_NAME)
+        shutil.copy2(folder / mex.MEX_MANIFEST_NAME, prebuilt / mex.MEX_MANIFEST_NAME)
         (prebuilt / "SHA256SUMS").write_text("".join(sums))
         (toolkit / "mode").write_text("none\n")
         log.info("using committed mex binaries from %s", folder)
@@ -139,7 +139,7 @@ def stage(plan: BuildPlan, context: Path) -> str:
         )
     compile_dir = dest / "compile"
     compile_dir.mkdir()
-    shutil.copy2(HERE / "_all.py", compile_dir / "mex.py")
+    mex.write_zipapp(compile_dir / "mex.pyz")
     (compile_dir / "plan.json").write_text(build_plan.to_json())
     log.info("the mex-build stage will compile %d mex files", len(build_plan.spec.sources))
     return "compile"

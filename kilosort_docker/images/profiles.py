@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.mex import Target as Gencode
+from kilosort_docker.mex.gencode import Gencode
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ so this emulates it with what it can emit (for an sm_90 device such as the H200)
 - rdc_ptx80: ``-dc`` + ``nvcc -dlink`` with PTX compute_80 only; informational.
 
 Needs: nvcc (PATH or /usr/local/cuda/bin), cuobjdump (same, or the ``nvidia-cuda-cuobjdump``
-wheel), g++, python3; imports ``kilosort_docker/mex.py`` from this repository (standard
+wheel), g++, python3; imports ``kilosort_docker.mex`` from this repository (standard
 library only). Run from the repository root (which puts ``kilosort_docker`` on the path
 without installing it): ``python3 -m tests.gpu.ptx_jit_check [--keep DIR]``.
 """
@@ -107,7 +107,7 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def build(nvcc: str, work: Path, name: str, source: str, targets, *, rdc: bool) -> Path:
-    """Compile ``source`` for ``targets`` (mex.Target) into ``work/name``; returns the binary."""
+    """Compile ``source`` for ``targets`` (mex.Gencode) into ``work/name``; returns the binary."""
     src = work / f"{name}.cu"
     src.write_text(source)
     flags = [t.flag() for t in targets]
@@ -140,7 +140,7 @@ def main() -> int:
     work = Path(args.keep or tempfile.mkdtemp(prefix="ptx-jit-check-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        query_target = [mex.Target.parse("compute_75,compute_75")]
+        query_target = [mex.Gencode.parse("compute_75,compute_75")]
         query = build(nvcc, work, "query", QUERY, query_target, rdc=False)
         out = run([str(query)])
         if out.returncode != 0:
@@ -148,7 +148,7 @@ def main() -> int:
             return 2
         cc, device, driver = out.stdout.strip().split("|")
         native = cc.replace(".", "")
-        t = mex.Target.parse
+        t = mex.Gencode.parse
         sass80, ptx80 = t("compute_80,sm_80"), t("compute_80,compute_80")
         # (case, source, targets, relocatable device code, required to match)
         cases = [
