@@ -32,7 +32,8 @@ def _buildargs(ctx: PlanContext) -> dict[str, str]:
     """The stage's build args; raises UserError where the profile's CUDA cannot emit a
     ``--gencode`` target."""
     profile, options = ctx.profile, ctx.options
-    mex.toolchain_from_profile(profile, options.gencode, host_compiler=options.host_compiler)
+    if options.gencode:
+        mex.toolchain_from_profile(profile, options.gencode, host_compiler=options.host_compiler)
     return {
         "TOOLKIT_BASE_IMAGE": ctx.refs["matlab-toolboxes"],
         "KILOSORT_DIR": paths.KILOSORT_DIR,
