@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("spikeinterface")
 
-from kilosort_docker import score as scoring  # noqa: E402
+from kilosort_docker.groundtruth import score as scoring  # noqa: E402
 from kilosort_docker.groundtruth.simulate import SimulationParams, simulate  # noqa: E402
 from kilosort_docker.groundtruth.sorters import SortError, run_kilosort4_container  # noqa: E402
 from kilosort_docker.groundtruth.sorters.common import run_container  # noqa: E402

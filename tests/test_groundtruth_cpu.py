@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 
 pytest.importorskip("spikeinterface")
 
-from kilosort_docker import groundtruth  # noqa: E402
+from kilosort_docker.groundtruth import run as groundtruth  # noqa: E402
 from kilosort_docker.groundtruth.sorters import SortResult  # noqa: E402
 
 
@@ -31,6 +34,17 @@ def fake_sorter(jitter: int = 0):
 
 
 SMALL = ["--duration", "8", "--channels", "16", "--units", "4", "--device", "cpu"]
+#: A run whose preflight fails at once, before any Docker call: Kilosort 3 with no license.
+KS3_NO_LICENSE = [
+    *SMALL[:6],
+    *("--sorter", "kilosort3", "--mode", "container", "--image", "kilosort3:test"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _preflight_may_skip(monkeypatch):
+    """The tests decide whether KILOSORT_DOCKER_REQUIRE_GPU is set, not the caller's shell."""
+    monkeypatch.delenv(groundtruth.REQUIRE_GPU_VARIABLE, raising=False)
 
 
 def test_pipeline_with_a_perfect_sorter(tmp_path, monkeypatch, capsys):
@@ -139,3 +153,48 @@ def test_full_kilosort4_run_on_cpu(tmp_path):
     assert summary["n_well_detected"] >= 8, summary
     assert summary["runs"][0]["device"] == "cpu"
     assert code == groundtruth.EXIT_PASS
+
+
+def test_skip_reason_is_the_last_stderr_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    code = groundtruth.main([*KS3_NO_LICENSE, "--out", str(tmp_path)])
+    assert code == groundtruth.EXIT_SKIP
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("skipped: no MATLAB license: set MLM_LICENSE_FILE")
+
+
+def test_skip_reason_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(groundtruth, "preflight", lambda plan: "first part\n  second part")
+    code = groundtruth.main([*SMALL, "--out", str(tmp_path)])
+    assert code == groundtruth.EXIT_SKIP
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "skipped: first part second part"
+
+
+def test_require_gpu_turns_a_failed_preflight_into_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    monkeypatch.setenv("KILOSORT_DOCKER_REQUIRE_GPU", "1")
+    code = groundtruth.main([*KS3_NO_LICENSE, "--out", str(tmp_path)])
+    assert code == groundtruth.EXIT_FAIL == 1
+    captured = capsys.readouterr()
+    assert "skipped:" not in captured.err
+    assert "KILOSORT_DOCKER_REQUIRE_GPU=1" in captured.err.strip().splitlines()[-1]
+    assert "no MATLAB license" in captured.err and "FAIL" in captured.out
+
+
+def test_module_entry_point_skip_and_require_gpu(tmp_path):
+    """``python -m kilosort_docker.groundtruth`` as nox runs it: exit 77 and ``skipped: ...``
+    last on stderr (logging included); 1 with KILOSORT_DOCKER_REQUIRE_GPU=1."""
+    env = {k: v for k, v in os.environ.items() if k != "MLM_LICENSE_FILE"}
+    env.pop(groundtruth.REQUIRE_GPU_VARIABLE, None)
+    argv = [sys.executable, "-m", "kilosort_docker.groundtruth", *KS3_NO_LICENSE]
+    skipped = subprocess.run(
+        [*argv, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True
+    )
+    assert skipped.returncode == 77, skipped.stderr
+    assert skipped.stderr.strip().splitlines()[-1].startswith("skipped: no MATLAB license")
+    env[groundtruth.REQUIRE_GPU_VARIABLE] = "1"
+    failed = subprocess.run(
+        [*argv, "--out", str(tmp_path / "b")], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert "KILOSORT_DOCKER_REQUIRE_GPU" in failed.stderr.strip().splitlines()[-1]

@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("spikeinterface")
 pytest.importorskip("matplotlib")
 
-from kilosort_docker import score as scoring  # noqa: E402
 from kilosort_docker.errors import UserError  # noqa: E402
+from kilosort_docker.groundtruth import score as scoring  # noqa: E402
 from kilosort_docker.groundtruth.simulate import SimulationParams, simulate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

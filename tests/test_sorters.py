@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
+from kilosort_docker import containers
 from kilosort_docker.errors import UserError
 from kilosort_docker.groundtruth.sorters import (
     SortError,
-    common,
     kilosort3,
     resolve_license,
     run_kilosort,
@@ -28,6 +28,9 @@ class FakeContainer:
     def __init__(self, output: bytes, code: int):
         self.output, self.code, self.removed = output, code, False
 
+    def start(self):
+        pass
+
     def logs(self, stream, follow):
         yield from [self.output[i : i + 7] for i in range(0, len(self.output), 7)]
 
@@ -39,14 +42,14 @@ class FakeContainer:
 
 
 class FakeClient:
-    """Records containers.run's arguments; replies with fixed output and exit code."""
+    """Records containers.create's arguments; replies with fixed output and exit code."""
 
     def __init__(self, output=b"hello\nworld\n", code=0):
         self.calls = []
         self.container = FakeContainer(output, code)
         self.containers = self
 
-    def run(self, image, **kwargs):
+    def create(self, image, **kwargs):
         self.calls.append((image, kwargs))
         return self.container
 
@@ -239,11 +242,11 @@ def test_matlab_entry_points_pass_miss_hit(tool):
 def test_common_user_switch(tmp_path, monkeypatch, data_dir):
     """Non-root callers run the container as themselves; root keeps the image's user."""
     client = FakeClient()
-    monkeypatch.setattr(common.os, "getuid", lambda: 1234)
-    monkeypatch.setattr(common.os, "getgid", lambda: 99)
+    monkeypatch.setattr(containers.os, "getuid", lambda: 1234)
+    monkeypatch.setattr(containers.os, "getgid", lambda: 99)
     run_kilosort4_container(data_dir, tmp_path / "out", image="k", client=client)
     assert client.calls[0][1]["user"] == "1234:99"
-    monkeypatch.setattr(common.os, "getuid", lambda: 0)
+    monkeypatch.setattr(containers.os, "getuid", lambda: 0)
     run_kilosort4_container(data_dir, tmp_path / "out2", image="k", client=client)
     assert "user" not in client.calls[1][1]
     assert (tmp_path / "out2").stat().st_mode & 0o777 == 0o777

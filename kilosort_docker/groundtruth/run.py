@@ -6,8 +6,12 @@ Run ``python -m kilosort_docker.groundtruth --help``. Exit status:
 * 1 - it did not (``FAIL``), or the sorter crashed;
 * 2 - a usage or input problem (a one-line message names the fix);
 * 77 - skipped: the preflight found something missing (no GPU, no NVIDIA runtime in Docker,
-  no MATLAB license...) and printed why. :data:`EXIT_SKIP` follows the automake convention, so a
-  front end (nox) can turn it into a skip.
+  no MATLAB license...). :data:`EXIT_SKIP` follows the automake convention, so a front end
+  (nox) can turn it into a skip; the reason is then the last line on stderr, as
+  ``skipped: <one-line reason>`` (:data:`SKIP_PREFIX`).
+
+With ``KILOSORT_DOCKER_REQUIRE_GPU=1`` in the environment (CI on a GPU machine), a failed
+preflight is a failure instead: exit 1, with a message naming the variable.
 
 Outputs, under ``--out``: ``run-<n>/`` (phy files of each sort), ``report.json`` and the
 PNG figures of the first run, and ``summary.json`` (the headline numbers, the sort times of
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +38,10 @@ from kilosort_docker.errors import UserError
 log = logging.getLogger(__name__)
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_SKIP = 0, 1, 2, 77
+#: Environment variable that turns a failed preflight (exit 77) into a failure (exit 1).
+REQUIRE_GPU_VARIABLE = "KILOSORT_DOCKER_REQUIRE_GPU"
+#: Start of the last stderr line when the run is skipped: ``skipped: <reason>``.
+SKIP_PREFIX = "skipped: "
 SORTERS = ("kilosort4", "kilosort3")
 MODES = ("host", "container")
 
@@ -99,11 +108,7 @@ def preflight(plan: Plan, *, client=None) -> str | None:
     except ImportError:
         return "spikeinterface is not installed: pip install 'kilosort-docker[groundtruth]'"
     if plan.sorter == "kilosort3":
-        from kilosort_docker.groundtruth.sorters.kilosort3 import (
-            host_license,
-            local_matlab,
-            resolve_license,
-        )
+        from kilosort_docker.matlab import host_license, local_matlab, resolve_license
 
         try:
             if plan.mode == "host":
@@ -129,15 +134,17 @@ def preflight(plan: Plan, *, client=None) -> str | None:
                 hint = "; use --device cpu to sort on the CPU" if plan.sorter == "kilosort4" else ""
                 return reason + hint
         return None
-    from kilosort_docker.groundtruth.sorters.common import docker_client
+    from kilosort_docker import engine
 
     try:
-        client = client or docker_client()
+        client = client or engine.connect(timeout=60)
     except UserError as exc:
         return str(exc)
     try:
-        client.images.get(plan.image)
+        present = engine.image_exists(client, plan.image)
     except Exception:
+        present = False
+    if not present:
         return f"image {plan.image} is not present: build it first"
     if needs_gpu:
         return docker_gpu_ready(client)
@@ -228,6 +235,28 @@ def _say(msg: str) -> None:
     print(f"[groundtruth] {msg}", flush=True)
 
 
+def require_gpu() -> bool:
+    """True when ``KILOSORT_DOCKER_REQUIRE_GPU=1``: a failed preflight must fail the run."""
+    return os.environ.get(REQUIRE_GPU_VARIABLE, "").strip() == "1"
+
+
+def _preflight_failed(reason: str) -> int:
+    """Report a failed preflight: a skip (77, ``skipped: <reason>`` last on stderr), or with
+    ``KILOSORT_DOCKER_REQUIRE_GPU=1`` a failure (1)."""
+    reason = " ".join(reason.split())  # one line, whatever the check said
+    if require_gpu():
+        _say(f"FAIL: {reason} ({REQUIRE_GPU_VARIABLE}=1: a failed preflight is a failure)")
+        print(
+            f"error: preflight failed with {REQUIRE_GPU_VARIABLE}=1: {reason}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_FAIL
+    _say(f"SKIP: {reason}")
+    print(f"{SKIP_PREFIX}{reason}", file=sys.stderr, flush=True)
+    return EXIT_SKIP
+
+
 def _run(args: argparse.Namespace) -> int:
     from kilosort_docker.groundtruth import score as scoring
     from kilosort_docker.groundtruth.simulate import SimulationParams, simulate
@@ -252,8 +281,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_preflight:
         reason = preflight(plan)
         if reason:
-            _say(f"SKIP: {reason}")
-            return EXIT_SKIP
+            return _preflight_failed(reason)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,8 @@ KS3_NTBUFF = 64
 KS3_NT = 64 * 1024 - KS3_NTBUFF
 
 BINARY_NAME = "recording.bin"
-MANIFEST_NAME = "manifest.json"
+#: The simulation folder's manifest: parameters, format version, files and their checksums.
+SIMULATION_MANIFEST_NAME = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class Simulation:
 
     def manifest(self) -> dict[str, Any]:
         """The parsed ``manifest.json``."""
-        return json.loads((self.folder / MANIFEST_NAME).read_text())
+        return json.loads((self.folder / SIMULATION_MANIFEST_NAME).read_text())
 
 
 # --------------------------------------------------------------------------- probe
@@ -347,7 +348,7 @@ def simulate(
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache / f"sim-{params.key()}"
-    if (folder / MANIFEST_NAME).is_file() and not force:
+    if (folder / SIMULATION_MANIFEST_NAME).is_file() and not force:
         log.info("simulation cached in %s", folder)
         return Simulation(params=params, folder=folder, cached=True)
 
@@ -485,9 +486,9 @@ def _generate(params: SimulationParams, out: Path, *, n_jobs: int) -> None:
             "shape": [params.n_samples, params.n_channels],
         },
         "n_gt_spikes": int(spikes.size),
-        "files": sorted(p.name for p in out.iterdir()) + [MANIFEST_NAME],
+        "files": sorted(p.name for p in out.iterdir()) + [SIMULATION_MANIFEST_NAME],
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    (out / SIMULATION_MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
 
 
 def _for_matlab(ops: dict[str, Any]) -> dict[str, Any]:
@@ -507,14 +508,18 @@ def load_ground_truth(folder: Path | str):
     from spikeinterface.core import NumpySorting
 
     folder = Path(folder)
-    needed = [folder / "gt_spike_times.npy", folder / "gt_spike_labels.npy", folder / MANIFEST_NAME]
+    needed = [
+        folder / "gt_spike_times.npy",
+        folder / "gt_spike_labels.npy",
+        folder / SIMULATION_MANIFEST_NAME,
+    ]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise UserError(
             f"{folder} is not a simulation folder (missing {', '.join(missing)}): "
             "run simulate first"
         )
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest = json.loads((folder / SIMULATION_MANIFEST_NAME).read_text())
     fs = float(manifest["params"]["fs"])
     n_units = int(manifest["params"]["n_units"])
     times = np.load(folder / "gt_spike_times.npy")

@@ -3,8 +3,6 @@ Docker image, and return a :class:`SortResult` pointing at the phy output."""
 
 from kilosort_docker.groundtruth.sorters.common import SortError, SortResult
 from kilosort_docker.groundtruth.sorters.kilosort3 import (
-    License,
-    resolve_license,
     run_kilosort3_container,
     run_kilosort3_host,
 )
@@ -12,6 +10,7 @@ from kilosort_docker.groundtruth.sorters.kilosort4 import (
     run_kilosort4_container,
     run_kilosort4_host,
 )
+from kilosort_docker.matlab import License, resolve_license
 
 __all__ = [
     "License",

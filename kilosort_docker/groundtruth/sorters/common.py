@@ -1,15 +1,15 @@
-"""What the Kilosort runners share: the result record, errors, and running a container."""
+"""What the Kilosort runners share: the result record, errors, and running a sorter's
+container (over :func:`kilosort_docker.containers.run`)."""
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kilosort_docker import containers
 from kilosort_docker.errors import UserError
 from kilosort_docker.paths import DATA_MOUNT, OUT_MOUNT  # noqa: F401 (the runners' mounts)
 
@@ -50,20 +50,13 @@ def check_data_folder(data_dir: Path, names: Sequence[str]) -> None:
         )
 
 
-def docker_client():
-    """A docker SDK client from the environment; UserError when no engine answers."""
-    try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - docker is a core dependency
-        raise UserError("the docker package is missing: pip install docker") from exc
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        raise UserError(
-            f"no Docker engine answers ({type(exc).__name__}): start dockerd or set DOCKER_HOST"
-        ) from exc
-    return client
+#: Set in Python containers unless the caller sets them: caches in /tmp (writable whatever the
+#: uid), unbuffered output so the log streams as it comes.
+PYTHON_ENVIRONMENT = {
+    "MPLCONFIGDIR": "/tmp/mplconfig",
+    "NUMBA_CACHE_DIR": "/tmp/numba",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def run_container(
@@ -80,96 +73,52 @@ def run_container(
     redact: Sequence[str] = (),
     as_host_user: bool = True,
 ) -> str:
-    """Run ``image`` with ``command``, stream its output to the log, remove it, return the output.
+    """Run a sorter's ``command`` in ``image`` through :func:`kilosort_docker.containers.run`
+    (output streamed to the log, container always removed); return the output.
 
     Args:
         image: image tag.
         command: the container command (argv list).
         volumes: docker SDK volume mapping ``{host_path: {"bind": path, "mode": "ro"|"rw"}}``.
-        environment: extra environment variables (never logged).
+        environment: extra environment variables (never logged); :data:`PYTHON_ENVIRONMENT`
+            fills in what is not set.
         gpu: ask Docker for every GPU (``DeviceRequest(count=-1, capabilities=[["gpu"]])``).
         network: False gives the container no network (``network_mode="none"``).
         mac_address: MAC address for a host-locked license (``docker run --mac-address``).
-        client: docker SDK client; default :func:`docker_client`.
-        tail_lines: how many trailing output lines a :class:`SortError` quotes.
+        client: docker SDK client; default :func:`kilosort_docker.engine.connect`.
+        tail_lines: how many trailing output lines are searched for the one a
+            :class:`SortError` quotes.
         redact: strings replaced by ``***`` in logged output (license values).
         as_host_user: run as the calling user's uid:gid so outputs belong to them; when the
             caller is root the image's own user is kept instead (and ``rw`` mounts are made
-            world-writable), so the image is exercised as it ships.
+            world-writable), so the image is exercised as it ships
+            (:func:`kilosort_docker.containers.host_user`).
 
     Raises:
         UserError: the image does not exist or Docker refuses the request.
         SortError: the command exited non-zero.
     """
-    import docker
-    from docker.types import DeviceRequest
-
-    client = client or docker_client()
-    kwargs: dict[str, Any] = {
-        "command": list(command),
-        "volumes": {str(k): dict(v) for k, v in volumes.items()},
-        "environment": dict(environment or {}),
-        "detach": True,
-    }
-    env = kwargs["environment"]
-    env.setdefault("MPLCONFIGDIR", "/tmp/mplconfig")
-    env.setdefault("NUMBA_CACHE_DIR", "/tmp/numba")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if as_host_user and os.getuid() != 0:
-        kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
-        env.setdefault("HOME", "/tmp")
-    elif as_host_user:
-        for host_path, spec in volumes.items():
-            if spec.get("mode", "rw") == "rw":
-                os.chmod(host_path, 0o777)
-    if not network:
-        kwargs["network_mode"] = "none"
-    if gpu:
-        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    if mac_address:
-        kwargs["mac_address"] = mac_address
-
-    log.info("docker run %s (gpu=%s, network=%s)", image, gpu, network)
-    try:
-        container = client.containers.run(image, **kwargs)
-    except docker.errors.ImageNotFound as exc:
-        raise UserError(f"image {image} not found: build it first (invoke build)") from exc
-    except docker.errors.APIError as exc:
-        msg = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
-        hint = (
-            " (is the NVIDIA container toolkit installed?)" if gpu and "gpu" in msg.lower() else ""
-        )
-        raise UserError(f"docker refused to run {image}: {msg}{hint}") from exc
-
-    lines: list[str] = []
-    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    try:
-        buffer = b""
-        for chunk in container.logs(stream=True, follow=True):
-            buffer += chunk
-            while b"\n" in buffer:
-                raw, buffer = buffer.split(b"\n", 1)
-                _emit(raw, lines, tail, redact)
-        if buffer:
-            _emit(buffer, lines, tail, redact)
-        status = container.wait()
-    finally:
-        try:
-            container.remove(force=True)
-        except Exception:  # pragma: no cover - best effort clean-up
-            log.debug("could not remove container", exc_info=True)
-    code = int(status.get("StatusCode", 1))
-    if code != 0:
-        last = next((t for t in reversed(tail) if t.strip()), "(no output)")
-        raise SortError(f"{image} exited with {code}: {last.strip()}")
-    return "\n".join(lines)
-
-
-def _emit(raw: bytes, lines: list[str], tail, redact: Sequence[str]) -> None:
-    text = raw.decode(errors="replace").rstrip("\r")
-    for secret in redact:
-        if secret:
-            text = text.replace(secret, "***")
-    lines.append(text)
-    tail.append(text)
-    log.info("| %s", text)
+    env = dict(environment or {})
+    for key, value in PYTHON_ENVIRONMENT.items():
+        env.setdefault(key, value)
+    user = None
+    if as_host_user:
+        user, extra = containers.host_user(volumes)
+        for key, value in extra.items():
+            env.setdefault(key, value)
+    result = containers.run(
+        image,
+        command,
+        volumes=volumes,
+        environment=env,
+        gpu=gpu,
+        network=network,
+        mac_address=mac_address,
+        user=user,
+        redact=redact,
+        tail_lines=tail_lines,
+        client=client,
+    )
+    if result.exit_code != 0:
+        raise SortError(f"{image} exited with {result.exit_code}: {result.last_line}")
+    return result.output

@@ -1,0 +1,362 @@
+"""The one place that starts containers, and reads files out of images.
+
+:func:`run` always goes create -> start -> stream the logs -> wait -> remove, and removes the
+container on every path out. :func:`created` gives a container that is created but never
+started, to copy files out of an image with :func:`archive` or :func:`read_file`.
+
+Facts about the docker SDK for Python (docker-py 7.x; https://docker-py.readthedocs.io/en/stable/
+containers.html) this module relies on:
+
+* ``client.containers.run(..., detach=True)`` creates and then starts; when the start fails
+  (for example ``could not select device driver "" with capabilities: [[gpu]]`` on a host
+  without the NVIDIA runtime) the created container stays behind. So create and start are
+  separate calls here, and the removal sits in a ``finally``.
+* ``containers.create`` is ``api.create_container`` followed by ``containers.get``: when the
+  second call fails (or is interrupted) the container exists but no object came back. Every
+  container is therefore created under a unique name and, on such a failure, removed by name.
+* ``containers.run`` pulls an image it does not find; :func:`run` never pulls (a missing image
+  is a :class:`UserError` saying to build it).
+* ``Container.logs(stream=True, follow=True)`` yields raw byte chunks of stdout and stderr as
+  they come, until the container stops; the SDK lifts the client's socket timeout on this
+  stream, so a quiet, long-running container does not time out.
+* ``DeviceRequest(count=-1, capabilities=[["gpu"]])`` is ``docker run --gpus all`` (the way
+  SpikeInterface's container runner, ``spikeinterface/sorters/container_tools.py``, asks for
+  GPUs); ``network_mode="none"`` is ``docker run --network none``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import os
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import DeviceRequest
+
+from kilosort_docker import engine
+from kilosort_docker.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the name of every container this module creates (``docker ps -a`` shows it).
+NAME_PREFIX = "kilosort-docker-"
+#: What replaces a redacted string in logged and returned output.
+REDACTED = "***"
+
+Volumes = Mapping[str, Mapping[str, str]]
+
+
+class ContainerTimeout(TimeoutError):
+    """The container ran longer than ``timeout_s``; it was killed and removed."""
+
+
+@dataclass(frozen=True)
+class ContainerResult:
+    """A container that ran to its end (whatever its exit code).
+
+    Attributes:
+        image: the image it ran.
+        exit_code: the command's exit status (137 after a kill).
+        output: stdout and stderr interleaved, one string, lines joined by ``\\n``, with every
+            ``redact`` string replaced by ``***``. Docker reads the two streams through
+            separate pipes, so lines written close together to stdout and to stderr may
+            come in either order.
+        tail: the last ``tail_lines`` lines of ``output``.
+        seconds: wall-clock seconds from create to exit.
+    """
+
+    image: str
+    exit_code: int
+    output: str
+    tail: tuple[str, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def last_line(self) -> str:
+        """The last non-blank output line, stripped; ``(no output)`` when there is none."""
+        return next((t.strip() for t in reversed(self.tail) if t.strip()), "(no output)")
+
+
+def run(
+    image: str,
+    command: Sequence[str] | None = None,
+    *,
+    entrypoint: Sequence[str] | str | None = None,
+    volumes: Volumes | None = None,
+    environment: Mapping[str, str] | None = None,
+    gpu: bool = False,
+    network: bool = False,
+    mac_address: str | None = None,
+    user: str | None = None,
+    redact: Sequence[str] = (),
+    tail_lines: int = 20,
+    client: docker.DockerClient | None = None,
+    stream_to_log: bool = True,
+    timeout_s: float | None = None,
+) -> ContainerResult:
+    """Run ``image`` to its end and remove it; return its exit code and output.
+
+    Args:
+        image: image reference or ID. It must be present: this never pulls.
+        command: the container's command (argv list); None keeps the image's ``CMD``. With
+            the image's entrypoint kept, these are the entrypoint's arguments.
+        entrypoint: replaces the image's ``ENTRYPOINT`` (``[]`` clears it); None keeps it.
+        volumes: docker SDK bind mounts, ``{host_path: {"bind": path, "mode": "ro"|"rw"}}``.
+        environment: variables set in the container. Their values are never logged here;
+            a value the container might print must also be in ``redact``.
+        gpu: ask for every GPU: ``DeviceRequest(count=-1, capabilities=[["gpu"]])``.
+        network: False (the default) runs with ``network_mode="none"``; True keeps Docker's
+            default bridge network.
+        mac_address: the container's MAC address (``docker run --mac-address``), e.g. for a
+            host-locked license; it needs ``network=True`` to mean anything.
+        user: ``uid:gid`` or a user name to run as; None keeps the image's ``USER``
+            (:func:`host_user` gives the caller's own).
+        redact: strings (license values, tokens) replaced by ``***`` in the logged output,
+            the returned output and the error messages.
+        tail_lines: how many trailing lines :attr:`ContainerResult.tail` keeps.
+        client: docker SDK client; default :func:`kilosort_docker.engine.connect`.
+        stream_to_log: log each output line at INFO as it comes (``| line``); False logs them
+            at DEBUG only.
+        timeout_s: kill the container after this many seconds (None: no limit).
+
+    Returns:
+        :class:`ContainerResult`; a non-zero exit is not an error here, the caller decides.
+
+    Raises:
+        UserError: the image is not present; Docker refuses to create or start the container
+            (names the NVIDIA container toolkit when a GPU was asked for); the engine stopped
+            answering while the container ran.
+        ContainerTimeout: the container ran past ``timeout_s`` (it is killed).
+        KeyboardInterrupt: passed on, after the container is removed.
+    """
+    secrets = tuple(s for s in redact if s)
+    kwargs: dict[str, Any] = {
+        "command": list(command) if command is not None else None,
+        "volumes": {str(k): dict(v) for k, v in (volumes or {}).items()},
+        "environment": dict(environment or {}),
+    }
+    if entrypoint is not None:
+        kwargs["entrypoint"] = entrypoint if isinstance(entrypoint, str) else list(entrypoint)
+    if not network:
+        kwargs["network_mode"] = "none"
+    if gpu:
+        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if mac_address:
+        kwargs["mac_address"] = mac_address
+    if user:
+        kwargs["user"] = user
+
+    client = client or engine.connect()
+    log.info("docker run %s (gpu=%s, network=%s)", image, gpu, network)
+    start = time.perf_counter()
+    container = _create(client, image, kwargs, gpu=gpu, secrets=secrets)
+    killed = threading.Event()
+    timer = None
+    try:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise _refused(image, exc, gpu=gpu, secrets=secrets) from exc
+        if timeout_s is not None:
+            timer = threading.Timer(timeout_s, _kill, args=(container, killed))
+            timer.daemon = True
+            timer.start()
+        lines: list[str] = []
+        tail: collections.deque[str] = collections.deque(maxlen=max(tail_lines, 1))
+        level = logging.INFO if stream_to_log else logging.DEBUG
+        try:
+            buffer = b""
+            for chunk in container.logs(stream=True, follow=True):
+                *complete, buffer = (buffer + chunk).split(b"\n")
+                for raw in complete:
+                    _emit(raw, lines, tail, secrets, level)
+            if buffer:
+                _emit(buffer, lines, tail, secrets, level)
+            status = container.wait()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            reason = _redact(_first_line(exc), secrets)
+            raise UserError(
+                f"lost the container of {image} while it ran ({reason}): check the Docker "
+                "engine (`docker info`) and try again"
+            ) from exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+        _remove(container)
+    seconds = time.perf_counter() - start
+    result = ContainerResult(
+        image, int(status.get("StatusCode", 1)), "\n".join(lines), tuple(tail), seconds
+    )
+    if killed.is_set():
+        raise ContainerTimeout(
+            f"{image} ran longer than {timeout_s:g} s and was killed; last output: "
+            f"{result.last_line}"
+        )
+    return result
+
+
+@contextlib.contextmanager
+def created(
+    image: str,
+    *,
+    client: docker.DockerClient | None = None,
+    entrypoint: Sequence[str] = ("true",),
+) -> Iterator[Any]:
+    """A container created from ``image`` and never started, removed on the way out.
+
+    For reading files out of an image without running anything in it (a ``FROM scratch``
+    stage, or an image whose programs need a license or a GPU)::
+
+        with containers.created(image_id, client=client) as container:
+            data = containers.read_file(container, "/opt/kilosort-docker/mex-manifest.json")
+            tar_bytes = containers.archive(container, "/tmp/mex-out")
+
+    The container has no network and the entrypoint ``true``, which Docker needs to create a
+    container from an image without ``CMD`` but never runs (the image need not contain it).
+    It is removed (``force=True``) on every path out of the ``with`` block, exceptions and
+    KeyboardInterrupt included, and also when the creation itself fails part-way.
+
+    Args:
+        image: image reference or ID (present locally; never pulled).
+        client: docker SDK client; default :func:`kilosort_docker.engine.connect`.
+        entrypoint: the recorded entrypoint; it is never run.
+
+    Yields:
+        the docker SDK ``Container`` (``get_archive``, ``attrs``...).
+
+    Raises:
+        UserError: the image is not present, or Docker refuses to create the container.
+    """
+    client = client or engine.connect()
+    kwargs = {"entrypoint": list(entrypoint), "network_mode": "none"}
+    container = _create(client, image, kwargs, gpu=False, secrets=())
+    try:
+        yield container
+    finally:
+        _remove(container)
+
+
+def archive(container, path: str) -> bytes:
+    """The tar archive (bytes) of ``path`` in ``container``: a file, or a folder and all it
+    holds, under its base name (``docker cp`` semantics, via ``Container.get_archive``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist in the container.
+    """
+    try:
+        stream, _ = container.get_archive(path)
+        return b"".join(stream)
+    except docker.errors.NotFound:
+        raise FileNotFoundError(path) from None
+
+
+def read_file(container, path: str) -> bytes:
+    """The bytes of the regular file ``path`` in ``container``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or is not a regular file.
+    """
+    with tarfile.open(fileobj=io.BytesIO(archive(container, path))) as tar:
+        member = tar.next()
+        handle = tar.extractfile(member) if member is not None and member.isfile() else None
+        if handle is None:
+            raise FileNotFoundError(path)
+        return handle.read()
+
+
+def host_user(volumes: Volumes | None = None) -> tuple[str | None, dict[str, str]]:
+    """``(user, environment)`` that make a container's output files belong to the caller.
+
+    A non-root caller gets ``("uid:gid", {"HOME": "/tmp"})``: the container runs as the
+    caller, with a writable home although that uid has no account in the image. For root,
+    the image's own user is kept (``(None, {})``), so the image runs as it ships, and every
+    ``rw`` bind mount's host folder is made world-writable (mode 0777) so that user can write.
+    """
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}", {"HOME": "/tmp"}
+    for host_path, spec in (volumes or {}).items():
+        if spec.get("mode", "rw") == "rw":
+            os.chmod(host_path, 0o777)
+    return None, {}
+
+
+# ---- internals ----------------------------------------------------------------------------
+
+
+def _create(client, image: str, kwargs: dict[str, Any], *, gpu: bool, secrets: Sequence[str]):
+    name = f"{NAME_PREFIX}{uuid.uuid4().hex[:16]}"
+    try:
+        return client.containers.create(image, name=name, **kwargs)
+    except BaseException as exc:
+        _remove_by_name(client, name)
+        if isinstance(exc, docker.errors.ImageNotFound):
+            raise UserError(f"image {image} not found: build it first (invoke build)") from exc
+        if isinstance(exc, docker.errors.APIError):
+            raise _refused(image, exc, gpu=gpu, secrets=secrets) from exc
+        raise
+
+
+def _refused(image: str, exc: Exception, *, gpu: bool, secrets: Sequence[str]) -> UserError:
+    msg = _redact(_first_line(exc), secrets)
+    hint = " (is the NVIDIA container toolkit installed?)" if gpu and "gpu" in msg.lower() else ""
+    return UserError(f"docker refused to run {image}: {msg}{hint}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "explanation", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _emit(raw: bytes, lines: list[str], tail, secrets: Sequence[str], level: int) -> None:
+    text = _redact(raw.decode(errors="replace").rstrip("\r"), secrets)
+    lines.append(text)
+    tail.append(text)
+    log.log(level, "| %s", text)
+
+
+def _kill(container, killed: threading.Event) -> None:
+    killed.set()
+    try:
+        container.kill()
+    except Exception:  # it may have exited meanwhile
+        log.debug("could not kill the container", exc_info=True)
+
+
+def _remove(container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except Exception:  # pragma: no cover - the engine went away; nothing more to do
+        log.warning("could not remove container %s", getattr(container, "name", "?"))
+
+
+def _remove_by_name(client, name: str) -> None:
+    """Remove a container that the engine may have created although ``create`` failed."""
+    try:
+        client.api.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        pass
+    except Exception:
+        log.debug("could not remove container %s", name, exc_info=True)

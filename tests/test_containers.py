@@ -1,0 +1,519 @@
+"""kilosort_docker.containers: what is asked of Docker, and clean-up on every path.
+
+The unit tests use a recording fake of the docker SDK. The ``docker`` tests run a real engine
+with a tiny ``FROM scratch`` image holding one statically linked C program (built here with
+``gcc -static``; skipped when the engine or gcc is missing) and check, after each failure,
+that no container of that image is left (``docker ps -a``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import uuid
+
+import docker.errors
+import pytest
+
+from kilosort_docker import containers, engine
+from kilosort_docker.errors import UserError
+
+# --------------------------------------------------------------------------- a fake Docker
+
+
+class FakeContainer:
+    def __init__(self, output=b"one\ntwo\n", code=0, *, fail_start=None, fail_wait=None):
+        self.output, self.code = output, code
+        self.fail_start, self.fail_wait = fail_start, fail_wait
+        self.interrupt_logs = False
+        self.events: list[str] = []
+        self.files: dict[str, bytes] = {}
+
+    def start(self):
+        self.events.append("start")
+        if self.fail_start:
+            raise self.fail_start
+
+    def logs(self, stream, follow):
+        assert stream and follow
+        self.events.append("logs")
+        for i in range(0, len(self.output), 5):
+            if self.interrupt_logs and i:
+                raise KeyboardInterrupt
+            yield self.output[i : i + 5]
+
+    def wait(self):
+        self.events.append("wait")
+        if self.fail_wait:
+            raise self.fail_wait
+        return {"StatusCode": self.code}
+
+    def kill(self):
+        self.events.append("kill")
+
+    def remove(self, force=False):
+        assert force
+        self.events.append("remove")
+
+    def get_archive(self, path):
+        if path not in self.files:
+            raise docker.errors.NotFound("no such file")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(os.path.basename(path))
+            info.size = len(self.files[path])
+            tar.addfile(info, io.BytesIO(self.files[path]))
+        return iter([buf.getvalue()]), {}
+
+
+class FakeAPI:
+    def __init__(self):
+        self.removed: list[str] = []
+
+    def remove_container(self, name, force=False):
+        self.removed.append(name)
+
+
+class FakeClient:
+    """Records containers.create's arguments; ``fail_create`` is raised by create."""
+
+    def __init__(self, container=None, fail_create=None):
+        self.container = container or FakeContainer()
+        self.fail_create = fail_create
+        self.calls: list[tuple[str, dict]] = []
+        self.containers = self
+        self.api = FakeAPI()
+
+    def create(self, image, **kwargs):
+        self.calls.append((image, kwargs))
+        if self.fail_create:
+            raise self.fail_create
+        return self.container
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def test_defaults_no_network_no_gpu_image_user():
+    client = FakeClient()
+    result = containers.run("img", ["a", "b"], client=client)
+    image, kw = client.calls[0]
+    assert image == "img" and kw["command"] == ["a", "b"]
+    assert kw["network_mode"] == "none"
+    assert "device_requests" not in kw and "user" not in kw and "mac_address" not in kw
+    assert "entrypoint" not in kw
+    assert kw["name"].startswith(containers.NAME_PREFIX)
+    assert client.container.events == ["start", "logs", "wait", "remove"]
+    assert result.ok and result.output == "one\ntwo" and result.last_line == "two"
+    assert result.tail == ("one", "two") and result.seconds >= 0
+
+
+def test_everything_asked_for_reaches_docker():
+    client = FakeClient()
+    containers.run(
+        "img",
+        None,
+        entrypoint=["sh", "-c", "true"],
+        volumes={"/host": {"bind": "/in", "mode": "ro"}},
+        environment={"A": "1"},
+        gpu=True,
+        network=True,
+        mac_address="02:42:ac:11:00:02",
+        user="1000:1000",
+        client=client,
+    )
+    _, kw = client.calls[0]
+    assert kw["command"] is None and kw["entrypoint"] == ["sh", "-c", "true"]
+    assert kw["volumes"] == {"/host": {"bind": "/in", "mode": "ro"}}
+    assert kw["environment"] == {"A": "1"}
+    assert kw["device_requests"][0]["Count"] == -1
+    assert kw["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert "network_mode" not in kw and kw["mac_address"] == "02:42:ac:11:00:02"
+    assert kw["user"] == "1000:1000"
+
+
+def test_nonzero_exit_is_returned_not_raised():
+    client = FakeClient(FakeContainer(b"working\nError: boom\n\n", code=3))
+    result = containers.run("img", ["x"], client=client)
+    assert result.exit_code == 3 and not result.ok and result.last_line == "Error: boom"
+    assert client.container.events[-1] == "remove"
+
+
+def test_no_output_last_line():
+    result = containers.run("img", ["x"], client=FakeClient(FakeContainer(b"")))
+    assert result.output == "" and result.last_line == "(no output)"
+
+
+def test_tail_keeps_the_last_lines():
+    out = b"".join(b"line %d\n" % i for i in range(50))
+    result = containers.run("img", ["x"], tail_lines=3, client=FakeClient(FakeContainer(out)))
+    assert result.tail == ("line 47", "line 48", "line 49")
+    assert len(result.output.splitlines()) == 50
+
+
+def test_secrets_never_logged(caplog):
+    container = FakeContainer(b"license 27000@secret-host ok\npassword hunter2-env\n")
+    with caplog.at_level(logging.DEBUG):
+        result = containers.run(
+            "img",
+            ["x"],
+            environment={"MLM_LICENSE_FILE": "27000@secret-host", "TOKEN": "env-only-value"},
+            redact=("27000@secret-host", "hunter2-env", ""),
+            client=FakeClient(container),
+        )
+    assert "secret-host" not in caplog.text and "hunter2" not in caplog.text
+    assert "env-only-value" not in caplog.text
+    assert "| license *** ok" in caplog.text
+    assert "secret-host" not in result.output and "*** ok" in result.output
+
+
+def test_stream_to_log_false_logs_at_debug_only(caplog):
+    with caplog.at_level(logging.INFO):
+        containers.run("img", ["x"], stream_to_log=False, client=FakeClient())
+    assert "| one" not in caplog.text
+
+
+def test_missing_image_is_a_user_error_and_leaves_nothing():
+    client = FakeClient(fail_create=docker.errors.ImageNotFound("no such image"))
+    with pytest.raises(UserError, match="image nope:1 not found: build it first"):
+        containers.run("nope:1", ["x"], client=client)
+    # the name it would have had is removed, in case the engine made it anyway
+    assert client.api.removed == [client.calls[0][1]["name"]]
+
+
+def test_create_failing_after_the_engine_made_it_removes_it_by_name():
+    """``containers.create`` = create_container + get; here the get is interrupted."""
+    client = FakeClient(fail_create=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        containers.run("img", ["x"], client=client)
+    assert client.api.removed == [client.calls[0][1]["name"]]
+
+
+def test_refused_create_names_the_reason_without_secrets():
+    refusal = docker.errors.APIError(
+        "500", explanation="invalid mount config: /home/me/27000@secret-host\nmore"
+    )
+    client = FakeClient(fail_create=refusal)
+    with pytest.raises(UserError) as info:
+        containers.run("img", ["x"], redact=("27000@secret-host",), client=client)
+    assert str(info.value) == "docker refused to run img: invalid mount config: /home/me/***"
+
+
+def test_failed_start_removes_the_container_and_names_the_gpu_toolkit():
+    refusal = docker.errors.APIError(
+        "500", explanation='could not select device driver "" with capabilities: [[gpu]]'
+    )
+    container = FakeContainer(fail_start=refusal)
+    with pytest.raises(UserError, match="is the NVIDIA container toolkit installed"):
+        containers.run("img", ["x"], gpu=True, client=FakeClient(container))
+    assert container.events == ["start", "remove"]
+
+
+def test_interrupt_while_streaming_removes_the_container():
+    container = FakeContainer(b"a long output that goes on\n")
+    container.interrupt_logs = True
+    with pytest.raises(KeyboardInterrupt):
+        containers.run("img", ["x"], client=FakeClient(container))
+    assert container.events == ["start", "logs", "remove"]
+
+
+def test_failed_wait_removes_the_container():
+    container = FakeContainer(fail_wait=docker.errors.APIError("500", explanation="engine gone"))
+    with pytest.raises(UserError, match="lost the container of img while it ran"):
+        containers.run("img", ["x"], client=FakeClient(container))
+    assert container.events[-2:] == ["wait", "remove"]
+
+
+def test_timeout_kills_then_removes():
+    class Slow(FakeContainer):
+        killed = threading.Event()
+
+        def logs(self, stream, follow):
+            yield b"started\n"
+            assert self.killed.wait(5)
+
+        def kill(self):
+            super().kill()
+            self.killed.set()
+
+    container = Slow(code=137)
+    with pytest.raises(containers.ContainerTimeout, match="longer than 0.2 s.*started"):
+        containers.run("img", ["x"], timeout_s=0.2, client=FakeClient(container))
+    assert container.events == ["start", "kill", "wait", "remove"]
+
+
+def test_created_removes_on_every_path():
+    container = FakeContainer()
+    container.files["/etc/thing"] = b"content"
+    client = FakeClient(container)
+    with containers.created("img", client=client) as made:
+        assert containers.read_file(made, "/etc/thing") == b"content"
+        with pytest.raises(FileNotFoundError):
+            containers.read_file(made, "/missing")
+    _, kw = client.calls[0]
+    assert kw["entrypoint"] == ["true"] and kw["network_mode"] == "none"
+    assert container.events == ["remove"]  # never started
+
+    container = FakeContainer()
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        containers.created("img", client=FakeClient(container)),
+    ):
+        raise RuntimeError("inside")
+    assert container.events == ["remove"]
+
+
+def test_created_missing_image():
+    client = FakeClient(fail_create=docker.errors.ImageNotFound("no such image"))
+    with pytest.raises(UserError, match="not found"), containers.created("nope", client=client):
+        pass  # pragma: no cover
+
+
+def test_host_user(monkeypatch, tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data"
+    out.mkdir(mode=0o700)
+    data.mkdir(mode=0o700)
+    volumes = {str(out): {"bind": "/out", "mode": "rw"}, str(data): {"bind": "/d", "mode": "ro"}}
+    monkeypatch.setattr(containers.os, "getuid", lambda: 1234)
+    monkeypatch.setattr(containers.os, "getgid", lambda: 99)
+    assert containers.host_user(volumes) == ("1234:99", {"HOME": "/tmp"})
+    assert out.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setattr(containers.os, "getuid", lambda: 0)
+    assert containers.host_user(volumes) == (None, {})
+    assert out.stat().st_mode & 0o777 == 0o777 and data.stat().st_mode & 0o777 == 0o700
+
+
+# --------------------------------------------------------------------------- a real engine
+
+PROBE_C = r"""
+/* A stand-in for a container's programs: tiny, static, no libc files needed in the image. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void interfaces(void) {
+    char line[512];
+    FILE *f = fopen("/proc/net/dev", "r");
+    if (!f) { puts("interfaces: ?"); return; }
+    printf("interfaces:");
+    for (int n = 0; fgets(line, sizeof line, f); n++) {
+        char *colon = strchr(line, ':');
+        if (n < 2 || !colon) continue;
+        *colon = 0;
+        char *name = line;
+        while (*name == ' ') name++;
+        printf(" %s", name);
+    }
+    puts("");
+    fclose(f);
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc >= 3 && !strcmp(argv[1], "-batch")) {   /* MATLAB: matlab -batch STATEMENT */
+        const char *lic = getenv("MLM_LICENSE_FILE");
+        if (lic && strchr(lic, '@')) {
+            printf("Licensing MATLAB using the license manager %s.\n", lic);
+        } else if (lic) {
+            printf("Licensing MATLAB using license file %s.\n", lic);
+            FILE *f = fopen(lic, "r");
+            char first[256] = "";
+            if (f && fgets(first, sizeof first, f)) printf("license file: %s", first);
+            if (f) fclose(f);
+            puts(fopen(lic, "a") ? "license file: writable" : "license file: read-only");
+        }
+        interfaces();
+        printf("batch: %s\n", argv[2]);
+        if (strstr(argv[2], "error(")) {  /* stdout: Docker does not order stdout vs stderr */
+            printf("Error using batch: boom\n");
+            return 1;
+        }
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "echo")) {
+        for (int i = 2; i < argc; i++) puts(argv[i]);
+        return 0;
+    }
+    if (argc >= 3 && !strcmp(argv[1], "exit")) {
+        for (int i = 3; i < argc; i++) fprintf(stderr, "%s\n", argv[i]);
+        return atoi(argv[2]);
+    }
+    if (argc >= 3 && !strcmp(argv[1], "env")) {
+        const char *v = getenv(argv[2]);
+        puts(v ? v : "(unset)");
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "id")) {
+        printf("%d:%d\n", (int)getuid(), (int)getgid());
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "interfaces")) {
+        interfaces();
+        return 0;
+    }
+    if (argc >= 3 && !strcmp(argv[1], "sleep")) {
+        puts("sleeping");
+        sleep(atoi(argv[2]));
+        return 0;
+    }
+    fprintf(stderr, "probe: unknown command\n");
+    return 2;
+}
+"""
+
+PROBE_FILE = "/etc/probe-note"
+
+
+def _client_or_skip():
+    try:
+        return engine.connect(timeout=120)
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def probe_image(tmp_path_factory):
+    """A ``FROM scratch`` image: ``/probe`` (entrypoint) and :data:`PROBE_FILE`; removed after.
+
+    Yields ``(client, image tag)``.
+    """
+    client = _client_or_skip()
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (it compiles the probe image's program)")
+    context = tmp_path_factory.mktemp("probe")
+    (context / "probe.c").write_text(PROBE_C)
+    built = subprocess.run(
+        ["gcc", "-static", "-O2", "-o", str(context / "probe"), str(context / "probe.c")],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"gcc -static failed (no static libc?): {built.stderr.strip()[-200:]}")
+    (context / "note").write_text("written into the image\n")
+    (context / "Dockerfile").write_text(
+        f'FROM scratch\nCOPY probe /probe\nCOPY note {PROBE_FILE}\nENTRYPOINT ["/probe"]\n'
+    )
+    tag = f"kilosort-docker-test/probe:{uuid.uuid4().hex[:12]}"
+    client.images.build(path=str(context), tag=tag, rm=True, forcerm=True)
+    yield client, tag
+    with contextlib.suppress(docker.errors.APIError):
+        client.images.remove(tag, force=True)
+
+
+def leftovers(client, image: str) -> list[str]:
+    """Containers (running or not) made from ``image`` (a tag, or a name never pulled)."""
+    try:
+        image_id = client.images.get(image).id
+    except docker.errors.ImageNotFound:
+        image_id = None
+    return [
+        c["Id"][:12]
+        for c in client.api.containers(all=True)
+        if c.get("Image") == image or (image_id and c.get("ImageID") == image_id)
+    ]
+
+
+@pytest.mark.docker
+def test_real_run_output_exit_code_and_cleanup(probe_image):
+    client, image = probe_image
+    result = containers.run(image, ["echo", "hello", "world"], client=client)
+    assert result.exit_code == 0 and result.output == "hello\nworld"
+    failed = containers.run(image, ["exit", "3", "first", "last words"], client=client)
+    assert failed.exit_code == 3 and failed.last_line == "last words"
+    assert leftovers(client, image) == []
+
+
+@pytest.mark.docker
+def test_real_network_off_unless_asked(probe_image):
+    client, image = probe_image
+    off = containers.run(image, ["interfaces"], client=client)
+    assert off.output.split() == ["interfaces:", "lo"]
+    on = containers.run(image, ["interfaces"], network=True, client=client)
+    assert "eth0" in on.output.split()
+    assert leftovers(client, image) == []
+
+
+@pytest.mark.docker
+def test_real_environment_user_and_redaction(probe_image, caplog):
+    client, image = probe_image
+    with caplog.at_level(logging.INFO):
+        result = containers.run(
+            image,
+            ["env", "SECRET_TOKEN"],
+            environment={"SECRET_TOKEN": "tok-123-secret"},
+            redact=("tok-123-secret",),
+            user="4321:765",
+            client=client,
+        )
+    assert result.output == "***"
+    assert "tok-123-secret" not in caplog.text and "| ***" in caplog.text
+    assert containers.run(image, ["id"], user="4321:765", client=client).output == "4321:765"
+
+
+@pytest.mark.docker
+def test_real_failed_gpu_start_leaves_no_container(probe_image):
+    client, image = probe_image
+    if "nvidia" in (client.info().get("Runtimes") or {}):
+        pytest.skip("this engine has the NVIDIA runtime: a GPU request would start")
+    before = leftovers(client, image)
+    with pytest.raises(UserError, match=f"docker refused to run {image}: .*gpu"):
+        containers.run(image, ["echo", "x"], gpu=True, client=client)
+    assert leftovers(client, image) == before == []
+
+
+@pytest.mark.docker
+def test_real_missing_image_leaves_no_container(probe_image):
+    client, _ = probe_image
+    missing = f"kilosort-docker-test/absent:{uuid.uuid4().hex[:8]}"
+    with pytest.raises(UserError, match=f"image {missing} not found: build it first"):
+        containers.run(missing, ["x"], client=client)
+    with pytest.raises(UserError, match="not found"), containers.created(missing, client=client):
+        pass  # pragma: no cover
+    assert leftovers(client, missing) == []
+
+
+@pytest.mark.docker
+def test_real_interrupt_while_streaming_removes_the_container(probe_image):
+    client, image = probe_image
+    timer = threading.Timer(1.5, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            containers.run(image, ["sleep", "60"], client=client)
+    finally:
+        timer.cancel()
+    assert leftovers(client, image) == []
+
+
+@pytest.mark.docker
+def test_real_timeout_kills_and_removes(probe_image):
+    client, image = probe_image
+    with pytest.raises(containers.ContainerTimeout, match="sleeping"):
+        containers.run(image, ["sleep", "60"], timeout_s=1, client=client)
+    assert leftovers(client, image) == []
+
+
+@pytest.mark.docker
+def test_real_created_reads_files_and_is_removed(probe_image):
+    """The image has no ``true``: a created container is never started."""
+    client, image = probe_image
+    with containers.created(image, client=client) as container:
+        assert leftovers(client, image) == [container.id[:12]]
+        assert containers.read_file(container, PROBE_FILE) == b"written into the image\n"
+        with tarfile.open(fileobj=io.BytesIO(containers.archive(container, "/etc"))) as tar:
+            assert "etc/probe-note" in tar.getnames()
+        with pytest.raises(FileNotFoundError):
+            containers.read_file(container, "/no/such/file")
+        assert container.attrs["State"]["Status"] == "created"
+    assert leftovers(client, image) == []
+    with pytest.raises(ValueError), containers.created(image, client=client):
+        raise ValueError("inside the block")
+    assert leftovers(client, image) == []

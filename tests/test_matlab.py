@@ -1,0 +1,277 @@
+"""kilosort_docker.matlab: the one MATLAB batch runner (local and in an image) and the license.
+
+Local MATLAB is a shell script standing in for ``matlab``; containers use the recording fake
+of tests/test_containers.py, and (``docker`` tests) its real ``FROM scratch`` probe image,
+whose entrypoint behaves like MathWorks' for ``-batch``: it prints the licensing line of
+``run.sh`` and the statement, and fails on ``error(``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+
+from kilosort_docker import commands, containers, engine, matlab
+from kilosort_docker.errors import UserError
+from kilosort_docker.groundtruth.sorters import SortError, run_kilosort3_container
+from kilosort_docker.paths import LICENSE_MOUNT, MATLAB_DIR
+from tests import test_containers as probe
+from tests.test_containers import FakeClient, FakeContainer, leftovers
+
+probe_image = probe.probe_image  # the session fixture: (client, tag of the probe image)
+
+SERVER = "27000@licsrv.invalid"
+
+
+@pytest.fixture
+def license_file(tmp_path):
+    path = tmp_path / "secret-name.lic"
+    path.write_text("SERVER licsrv 0123456789AB 27000\n")
+    return path
+
+
+def fake_matlab(folder, script: str):
+    """A ``matlab`` on PATH (``folder/bin/matlab``) running ``script`` (sh); returns bin/."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True)
+    exe = bin_dir / "matlab"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    return bin_dir
+
+
+# --------------------------------------------------------------------------- licenses
+
+
+def test_license_moved_here_and_shared():
+    from kilosort_docker.groundtruth import sorters
+
+    assert sorters.License is matlab.License and sorters.resolve_license is matlab.resolve_license
+
+
+def test_license_access_and_network_need(license_file):
+    server = matlab.resolve_license(SERVER)
+    assert server.needs_network and server.container_access() == ({}, {"MLM_LICENSE_FILE": SERVER})
+    lic = matlab.resolve_license(str(license_file))
+    assert not lic.needs_network
+    assert lic.container_access() == (
+        {str(license_file): {"bind": LICENSE_MOUNT, "mode": "ro"}},
+        {"MLM_LICENSE_FILE": LICENSE_MOUNT},
+    )
+    assert str(license_file) not in repr(lic)
+
+
+def test_host_license_from_installation(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    bin_dir = fake_matlab(tmp_path / "MATLAB", "exit 0\n")
+    with pytest.raises(UserError, match="MLM_LICENSE_FILE"):
+        matlab.host_license(None, bin_dir / "matlab")
+    (tmp_path / "MATLAB" / "licenses").mkdir()
+    (tmp_path / "MATLAB" / "licenses" / "network.lic").write_text("x")
+    assert matlab.host_license(None, bin_dir / "matlab") is None
+    assert matlab.host_license(SERVER, bin_dir / "matlab").kind == "server"
+
+
+def test_quote():
+    assert matlab.quote("/d/it's") == "'/d/it''s'"
+
+
+# --------------------------------------------------------------------------- local MATLAB
+
+
+def test_local_batch_streams_redacts_and_uses_cwd(tmp_path, monkeypatch, caplog):
+    script = 'echo "args: $1 $2"\necho "license $MLM_LICENSE_FILE"\necho "cwd $(pwd)"\n'
+    monkeypatch.setenv("PATH", str(fake_matlab(tmp_path, script)))
+    work = tmp_path / "work"
+    work.mkdir()
+    with caplog.at_level(logging.INFO):
+        out = matlab.run_batch(
+            "disp(1)",
+            license=matlab.resolve_license(SERVER),
+            cwd=work,
+            environment={"EXTRA": "1"},
+        )
+    assert out.splitlines() == ["args: -batch disp(1)", "license ***", f"cwd {work}"]
+    assert "licsrv" not in caplog.text and "| license ***" in caplog.text
+
+
+def test_local_batch_failure_names_last_line(tmp_path, monkeypatch):
+    script = "echo starting\necho 'Error using thing: boom' >&2\necho\nexit 3\n"
+    monkeypatch.setenv("PATH", str(fake_matlab(tmp_path, script)))
+    with pytest.raises(matlab.MatlabError, match="^matlab exited with 3: Error using thing: boom$"):
+        matlab.run_batch("x", license=None)
+
+
+def test_local_batch_without_matlab(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="matlab not found on PATH"):
+        matlab.run_batch("x", license=None)
+
+
+# --------------------------------------------------------------------------- in an image
+
+
+def test_container_batch_server_license(caplog):
+    client = FakeClient(FakeContainer(f"Licensing MATLAB using {SERVER}.\n".encode()))
+    with caplog.at_level(logging.INFO):
+        out = matlab.run_batch(
+            "check_gpu",
+            image="ks3:t",
+            license=matlab.resolve_license(SERVER),
+            matlab_command=("matlab",),
+            client=client,
+        )
+    image, kw = client.calls[0]
+    assert image == "ks3:t" and kw["command"] == ["matlab", "-batch", "check_gpu"]
+    assert kw["environment"]["MLM_LICENSE_FILE"] == SERVER
+    assert "network_mode" not in kw  # a license server needs the network
+    assert kw["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert out == "Licensing MATLAB using ***." and "licsrv" not in caplog.text
+
+
+def test_container_batch_license_file_has_no_network(license_file):
+    client = FakeClient()
+    lic = matlab.resolve_license(str(license_file))
+    matlab.run_batch("x", image="ks3", license=lic, gpu=False, client=client)
+    _, kw = client.calls[0]
+    assert kw["network_mode"] == "none" and "device_requests" not in kw
+    assert kw["volumes"][str(license_file)] == {"bind": LICENSE_MOUNT, "mode": "ro"}
+    assert kw["environment"]["MLM_LICENSE_FILE"] == LICENSE_MOUNT
+    # a host-locked license file: the network is kept for the MAC address
+    matlab.run_batch("x", image="ks3", license=lic, mac_address="02:42:ac:11:00:02", client=client)
+    _, kw = client.calls[1]
+    assert "network_mode" not in kw and kw["mac_address"] == "02:42:ac:11:00:02"
+
+
+def test_container_batch_runs_as_host_user(monkeypatch, tmp_path):
+    monkeypatch.setattr(containers.os, "getuid", lambda: 1234)
+    monkeypatch.setattr(containers.os, "getgid", lambda: 99)
+    client = FakeClient()
+    volumes = {str(tmp_path): {"bind": "/out", "mode": "rw"}}
+    matlab.run_batch("x", image="i", license=matlab.License(SERVER), volumes=volumes, client=client)
+    _, kw = client.calls[0]
+    assert kw["user"] == "1234:99" and kw["environment"]["HOME"] == "/tmp"
+    assert kw["volumes"][str(tmp_path)] == {"bind": "/out", "mode": "rw"}
+    matlab.run_batch(
+        "x", image="i", license=matlab.License(SERVER), as_host_user=False, client=client
+    )
+    assert "user" not in client.calls[1][1]
+
+
+def test_container_batch_failure_and_missing_license():
+    client = FakeClient(FakeContainer(b"Error using run_kilosort3: no GPU\n", code=1))
+    with pytest.raises(matlab.MatlabError, match="^ks3 exited with 1: Error using run_kilosort3"):
+        matlab.run_batch("x", image="ks3", license=matlab.License(SERVER), client=client)
+    assert client.container.events[-1] == "remove"
+    with pytest.raises(UserError, match="no MATLAB license"):
+        matlab.run_batch("x", image="ks3", license=None, client=FakeClient())
+
+
+# --------------------------------------------------------------------------- check_gpu
+
+
+def test_check_gpu_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLM_LICENSE_FILE", SERVER)
+    monkeypatch.setenv("PATH", str(fake_matlab(tmp_path / "ok", 'echo "$2"\n')))
+    commands.check_gpu()
+    monkeypatch.setenv("PATH", str(fake_matlab(tmp_path / "bad", "echo no GPU\nexit 1\n")))
+    with pytest.raises(UserError, match=r"check_gpu failed in the local MATLAB \(see above\)"):
+        commands.check_gpu()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="matlab is not on PATH"):
+        commands.check_gpu()
+
+
+def test_check_gpu_statement(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(fake_matlab(tmp_path, 'echo "stmt: $2"\n')))
+    with caplog.at_level(logging.INFO):
+        commands.check_gpu(license=SERVER)
+    assert f"| stmt: addpath('{MATLAB_DIR}'); check_gpu" in caplog.text
+
+
+def test_check_gpu_in_image(monkeypatch):
+    class Images:
+        def get(self, ref):
+            return object()
+
+    client = FakeClient(FakeContainer(b"gpuDevice failed\n", code=1))
+    client.images = Images()
+    monkeypatch.setattr(engine, "connect", lambda **kw: client)
+    with pytest.raises(UserError, match="^check_gpu failed in ks3: ks3 exited with 1: gpuDevice"):
+        commands.check_gpu(image="ks3", license=SERVER, mac_address="02:42:ac:11:00:02")
+    _, kw = client.calls[0]
+    assert kw["command"] == ["-batch", "check_gpu"] and kw["mac_address"] == "02:42:ac:11:00:02"
+
+
+def test_check_gpu_without_license(monkeypatch):
+    monkeypatch.delenv("MLM_LICENSE_FILE", raising=False)
+    with pytest.raises(UserError, match="MLM_LICENSE_FILE"):
+        commands.check_gpu(image="ks3")
+
+
+# --------------------------------------------------------------------------- a real engine
+
+
+@pytest.mark.docker
+def test_real_license_file_mounted_read_only_no_network(probe_image, license_file):
+    client, image = probe_image
+    lic = matlab.resolve_license(str(license_file))
+    out = matlab.run_batch("disp(1)", image=image, license=lic, gpu=False, client=client)
+    out = out.splitlines()
+    assert out == [
+        f"Licensing MATLAB using license file {LICENSE_MOUNT}.",
+        "license file: SERVER licsrv 0123456789AB 27000",
+        "license file: read-only",
+        "interfaces: lo",
+        "batch: disp(1)",
+    ]
+    assert leftovers(client, image) == []
+
+
+@pytest.mark.docker
+def test_real_license_server_redacted_with_network(probe_image, caplog):
+    client, image = probe_image
+    lic = matlab.resolve_license(SERVER)
+    with caplog.at_level(logging.INFO):
+        out = matlab.run_batch("disp(1)", image=image, license=lic, gpu=False, client=client)
+    assert "Licensing MATLAB using the license manager ***." in out
+    assert "eth0" in out and "licsrv" not in out and "licsrv" not in caplog.text
+    with pytest.raises(matlab.MatlabError, match=f"^{image} exited with 1: Error using batch"):
+        matlab.run_batch("error('x')", image=image, license=lic, gpu=False, client=client)
+    assert leftovers(client, image) == []
+
+
+@pytest.mark.docker
+def test_real_kilosort3_runner_and_check_gpu(probe_image, license_file, tmp_path, monkeypatch):
+    """Both ask for every GPU: they run where the engine has the NVIDIA runtime; elsewhere
+    the start is refused with the toolkit named, and nothing is left behind."""
+    client, image = probe_image
+    has_gpu = "nvidia" in (client.info().get("Runtimes") or {})
+    refused = pytest.raises(UserError, match="NVIDIA container toolkit")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("recording.bin", "ops.mat", "chanMap.mat"):
+        (data / name).write_bytes(b"x")
+    monkeypatch.setattr(engine, "connect", lambda **kw: client)
+    with contextlib.nullcontext() if has_gpu else refused:
+        result = run_kilosort3_container(
+            data, tmp_path / "out", image=image, license=str(license_file), client=client
+        )
+        assert result.mode == "container" and result.info == {}
+    with contextlib.nullcontext() if has_gpu else refused:
+        commands.check_gpu(image=image, license=str(license_file))
+    with pytest.raises(UserError, match="is not built"):
+        commands.check_gpu(image=f"{image}-absent", license=str(license_file))
+    assert leftovers(client, image) == []
+
+
+def test_sort_error_keeps_its_message(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("recording.bin", "ops.mat", "chanMap.mat"):
+        (data / name).write_bytes(b"x")
+    client = FakeClient(FakeContainer(b"Error using run_kilosort3: boom\n", code=1))
+    with pytest.raises(SortError, match="^ks3 exited with 1: Error using run_kilosort3: boom$"):
+        run_kilosort3_container(data, tmp_path / "out", image="ks3", license=SERVER, client=client)
