@@ -18,6 +18,7 @@ import pytest
 from kilosort_docker import engine
 from kilosort_docker.errors import UserError
 from tests import support
+from tests.support import fakes
 
 REQUIRE = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
 
@@ -168,3 +169,18 @@ def pinned_root(tmp_path: Path) -> Path:
 def pinned_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A git repository with the pin files committed (``support.make_git_copy``)."""
     return support.make_git_copy(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def probe_image(docker_client, tmp_path_factory):
+    """A ``FROM scratch`` image holding ``/probe`` (its entrypoint, see
+    :mod:`tests.support.fakes`) and :data:`~tests.support.fakes.PROBE_FILE`; removed after.
+
+    Yields ``(client, image tag)``.
+    """
+    tag = fakes.build_probe_image(docker_client, tmp_path_factory.mktemp("probe"))
+    if tag is None:
+        _missing("gcc cannot build a static program here (apt-get install gcc libc6-dev)")
+    yield docker_client, tag
+    with contextlib.suppress(Exception):
+        docker_client.images.remove(tag, force=True)

@@ -17,10 +17,7 @@ from kilosort_docker import commands, containers, engine, matlab
 from kilosort_docker.errors import UserError
 from kilosort_docker.groundtruth.sorters import SortError, run_kilosort3_container
 from kilosort_docker.paths import LICENSE_MOUNT, MATLAB_DIR
-from tests import test_containers as probe
-from tests.test_containers import FakeClient, FakeContainer, leftovers
-
-probe_image = probe.probe_image  # the session fixture: (client, tag of the probe image)
+from tests.support.fakes import FakeClient, FakeContainer, leftovers
 
 SERVER = "27000@licsrv.invalid"
 
