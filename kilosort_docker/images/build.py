@@ -8,8 +8,10 @@ succeeded, so a failed build leaves no tag behind.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from kilosort_docker import engine, secrets
+from kilosort_docker import containers, engine, secrets
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.plan import BuildPlan, BuildStep
 
@@ -220,16 +222,9 @@ def build_stage(
 
 def copy_out(client: docker.DockerClient, image_id: str, path: str, dest: Path) -> Path:
     """Copy folder ``path`` out of image ``image_id`` into ``dest`` (which must not exist)."""
-    import io
-    import tarfile
-
-    container = client.containers.create(image_id, entrypoint=["true"])
-    try:
-        stream, _ = container.get_archive(path)
-        data = io.BytesIO(b"".join(stream))
-    finally:
-        container.remove(force=True)
+    with containers.created(image_id, client=client) as container:
+        data = containers.archive(container, path)
     dest.mkdir(parents=True)
-    with tarfile.open(fileobj=data) as tar:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(dest, filter="data")
     return dest / Path(path).name

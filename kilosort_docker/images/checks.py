@@ -22,7 +22,7 @@ import docker.errors
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
 
-from kilosort_docker import secrets
+from kilosort_docker import containers, secrets
 from kilosort_docker.images.pins import Pins
 from kilosort_docker.images.profiles import PROFILES, Profile
 from kilosort_docker.images.spec import ImageCheck, ImageSpec, Stack
@@ -81,36 +81,23 @@ class ImageUnderTest:
         return PROFILES.get(name) if name else None
 
     def sh(self, script: str, *, user: str | None = None) -> tuple[int, str]:
-        """Run ``sh -c script`` in a container (network off); returns (exit code, output)."""
-        container = self.client.containers.create(
+        """Run ``sh -c script`` in a container (network off, at most 10 minutes); returns
+        (exit code, output)."""
+        done = containers.run(
             self.image.id,
+            None,
             entrypoint=["sh", "-c", script],
-            user=user or "",
-            network_disabled=True,
+            user=user,
+            client=self.client,
+            stream_to_log=False,
+            timeout_s=600,
         )
-        try:
-            container.start()
-            status = container.wait(timeout=600)["StatusCode"]
-            return status, container.logs().decode(errors="replace")
-        finally:
-            container.remove(force=True)
+        return done.exit_code, done.output
 
     def read_file(self, path: str) -> bytes:
         """The bytes of ``path`` inside the image; raises FileNotFoundError if absent."""
-        container = self.client.containers.create(self.image.id, entrypoint=["true"])
-        try:
-            stream, _ = container.get_archive(path)
-            data = b"".join(stream)
-        except docker.errors.NotFound:
-            raise FileNotFoundError(path) from None
-        finally:
-            container.remove(force=True)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            member = tar.next()
-            handle = tar.extractfile(member) if member else None
-            if handle is None:
-                raise FileNotFoundError(path)
-            return handle.read()
+        with containers.created(self.image.id, client=self.client) as container:
+            return containers.read_file(container, path)
 
 
 # ---- checks every root image carries ------------------------------------------------------
