@@ -103,6 +103,7 @@ def run(
     network: bool = False,
     mac_address: str | None = None,
     user: str | None = None,
+    as_host_user: bool = False,
     redact: Sequence[str] = (),
     tail_lines: int = 20,
     client: docker.DockerClient | None = None,
@@ -126,6 +127,8 @@ def run(
             host-locked license; it needs ``network=True`` to mean anything.
         user: ``uid:gid`` or a user name to run as; None keeps the image's ``USER``
             (:func:`host_user` gives the caller's own).
+        as_host_user: instead of ``user``, make the output files the caller's (see
+            :func:`host_user`; its variables fill in what ``environment`` does not set).
         redact: strings (license values, tokens) replaced by ``***`` in the logged output,
             the returned output and the error messages.
         tail_lines: how many trailing lines :attr:`ContainerResult.tail` keeps.
@@ -150,6 +153,9 @@ def run(
         "volumes": {str(k): dict(v) for k, v in (volumes or {}).items()},
         "environment": dict(environment or {}),
     }
+    if as_host_user:
+        user, extra = host_user(kwargs["volumes"])
+        kwargs["environment"] = extra | kwargs["environment"]
     if entrypoint is not None:
         kwargs["entrypoint"] = entrypoint if isinstance(entrypoint, str) else list(entrypoint)
     if not network:

@@ -229,11 +229,6 @@ def run_batch(
     license_volumes, env = license.container_access()
     all_volumes.update(license_volumes)
     env.update(environment or {})
-    user = None
-    if as_host_user:
-        user, extra = containers.host_user(all_volumes)
-        for key, value in extra.items():
-            env.setdefault(key, value)
     result = containers.run(
         image,
         [*matlab_command, "-batch", statement],
@@ -242,7 +237,7 @@ def run_batch(
         gpu=gpu,
         network=license.needs_network or bool(mac_address),
         mac_address=mac_address,
-        user=user,
+        as_host_user=as_host_user,
         redact=(license.value,),
         tail_lines=tail_lines,
         client=client,

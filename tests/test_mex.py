@@ -1,6 +1,7 @@
 """kilosort_docker.mex: mexcuda's commands, the Makefile, real compiles, the manifest.
 
-Golden tests check the R2022b command lines against FACTS.md flag by flag. The compile tests
+Golden tests check the R2022b command lines flag by flag against ``mexcuda -v`` output of
+MATLAB R2022b with CUDA 11.2. The compile tests
 run the machine's nvcc (CUDA 13 here: targets sm_75, sm_80, sm_90 + PTX) on sources written
 for the test (``tests/standins/cuda-sources``) against a stand-in mex API
 (``tests/standins/mexapi``, not MathWorks code); they skip, saying why, without nvcc,
@@ -58,24 +59,24 @@ def _nvcc_cuda_version() -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Golden: R2022b command lines, flag by flag against FACTS.md
+# Golden: R2022b command lines, flag by flag against `mexcuda -v` (R2022b, CUDA 11.2)
 # --------------------------------------------------------------------------------------------
 
 ML = "/opt/matlab/R2022b"
 CU = "/usr/local/cuda-11.2"
-FACTS_DEFINES = [
+MEXCUDA_DEFINES = [
     "-DMX_COMPAT_64",
     "-DMATLAB_DEFAULT_RELEASE=R2017b",
     "-DUSE_MEX_CMD",
     "--compiler-options=-D_GNU_SOURCE,-DMATLAB_MEX_FILE",
 ]
-FACTS_INCLUDES = [
+MEXCUDA_INCLUDES = [
     f"-I{ML}/extern/include",
     f"-I{ML}/simulink/include",
     f"-I{ML}/toolbox/parallel/gpu/extern/include/",
     f"-I{CU}/include",
 ]
-FACTS_GENCODE = [
+MEXCUDA_GENCODE = [
     "-gencode=arch=compute_35,code=sm_35",
     "-gencode=arch=compute_50,code=sm_50",
     "-gencode=arch=compute_60,code=sm_60",
@@ -83,13 +84,13 @@ FACTS_GENCODE = [
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_80,code=compute_80",
 ]
-FACTS_HOST = [
+MEXCUDA_HOST = [
     "--compiler-options=-fexceptions,-fPIC,-fno-omit-frame-pointer,-pthread,-fwrapv",
     "-std=c++11",
     "-O2",
     "-DNDEBUG",
 ]
-FACTS_LIBS = [
+MEXCUDA_LIBS = [
     f"-L{CU}/lib64",
     f"-L{ML}/bin/glnxa64",
     f"-L{ML}/extern/bin/glnxa64",
@@ -120,7 +121,7 @@ def test_r2022b_nvcc_command_matches_facts(r2022b_plan):
     steps = _steps(r2022b_plan, "spikedetector3")
     assert steps["compile"] == [
         f"{CU}/bin/nvcc", "-c", "-ccbin", "g++-10",
-        *FACTS_DEFINES, *FACTS_INCLUDES, *FACTS_GENCODE, *FACTS_HOST,
+        *MEXCUDA_DEFINES, *MEXCUDA_INCLUDES, *MEXCUDA_GENCODE, *MEXCUDA_HOST,
         "/ks/CUDA/spikedetector3.cu", "-o", "obj/spikedetector3/spikedetector3.o",
     ]  # fmt: skip
     assert "dlink" not in steps
@@ -129,15 +130,15 @@ def test_r2022b_nvcc_command_matches_facts(r2022b_plan):
 def test_r2022b_version_file_and_link_match_facts(r2022b_plan):
     steps = _steps(r2022b_plan, "mexWtW2")
     assert steps["compile-version"] == [
-        f"{CU}/bin/nvcc", "-c", "-ccbin", "g++-10", *FACTS_DEFINES, *FACTS_INCLUDES,
-        *FACTS_HOST, "-DMATLAB_MEXCMD_RELEASE=R2017b", f"{ML}/extern/version/c_mexapi_version.c",
+        f"{CU}/bin/nvcc", "-c", "-ccbin", "g++-10", *MEXCUDA_DEFINES, *MEXCUDA_INCLUDES,
+        *MEXCUDA_HOST, "-DMATLAB_MEXCMD_RELEASE=R2017b", f"{ML}/extern/version/c_mexapi_version.c",
         "-o", "obj/mexWtW2/c_mexapi_version.o",
     ]  # fmt: skip
     assert steps["link"] == [
         "g++-10", "-pthread", "-Wl,--no-undefined", "-shared", "-O",
         f"-Wl,--version-script,{ML}/extern/lib/glnxa64/c_exportsmexfileversion.map",
         "obj/mexWtW2/mexWtW2.o", "obj/mexWtW2/c_mexapi_version.o",
-        *FACTS_LIBS, f"{CU}/lib64/libcudart.so.*", "-o", "out/mexWtW2.mexa64",
+        *MEXCUDA_LIBS, f"{CU}/lib64/libcudart.so.*", "-o", "out/mexWtW2.mexa64",
     ]  # fmt: skip
 
 
@@ -146,11 +147,11 @@ def test_r2022b_mexmpnu8_is_relocatable_and_device_linked(r2022b_plan):
     compile_ = steps["compile"]
     assert compile_[:4] == [f"{CU}/bin/nvcc", "-dc", "-ccbin", "g++-10"]
     assert compile_[4:] == [
-        "-DENABLE_STABLEMODE", *FACTS_DEFINES, *FACTS_INCLUDES, *FACTS_GENCODE, *FACTS_HOST,
+        "-DENABLE_STABLEMODE", *MEXCUDA_DEFINES, *MEXCUDA_INCLUDES, *MEXCUDA_GENCODE, *MEXCUDA_HOST,
         "/ks/CUDA/mexMPnu8.cu", "-o", "obj/mexMPnu8/mexMPnu8.o",
     ]  # fmt: skip
     assert steps["dlink"] == [
-        f"{CU}/bin/nvcc", "-dlink", "-ccbin", "g++-10", *FACTS_GENCODE,
+        f"{CU}/bin/nvcc", "-dlink", "-ccbin", "g++-10", *MEXCUDA_GENCODE,
         "--compiler-options=-fPIC", "obj/mexMPnu8/mexMPnu8.o", f"-L{CU}/lib64", "-lcudadevrt",
         "-o", "obj/mexMPnu8/mexMPnu8_dlink.o",
     ]  # fmt: skip
@@ -160,7 +161,7 @@ def test_r2022b_mexmpnu8_is_relocatable_and_device_linked(r2022b_plan):
         "obj/mexMPnu8/mexMPnu8_dlink.o",
         "obj/mexMPnu8/c_mexapi_version.o",
     ]
-    assert link[9:] == [*FACTS_LIBS, "-lcudadevrt", f"{CU}/lib64/libcudart.so.*", "-o",
+    assert link[9:] == [*MEXCUDA_LIBS, "-lcudadevrt", f"{CU}/lib64/libcudart.so.*", "-o",
                         "out/mexMPnu8.mexa64"]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,21 +56,34 @@ def compile_repo(tmp_path_factory):
     return path, support.make_repo(path, files)
 
 
-def compile_plan(
-    matlab_standin, mpm_server, compile_repo, fixture_repos, cuda_toolkit, mex_root, **extra
-):
-    version = mexstage.toolkit_version(cuda_toolkit)
+@pytest.fixture(scope="module")
+def stage_inputs(
+    docker_client, matlab_standin, mpm_server, fixture_repos, cuda_toolkit, git_cache
+) -> SimpleNamespace:
+    """What every compiling build here needs: the engine, the stand-in MATLAB base, the MPM
+    server, npy-matlab's fixture repository and this machine's CUDA toolkit."""
+    return SimpleNamespace(
+        client=docker_client,
+        matlab_standin=matlab_standin,
+        mpm_server=mpm_server,
+        npy_matlab=fixture_repos["npy_matlab"],
+        cuda_toolkit=cuda_toolkit,
+    )
+
+
+def compile_plan(inputs: SimpleNamespace, compile_repo, mex_root, **extra):
+    version = mexstage.toolkit_version(inputs.cuda_toolkit)
     the_plan = commands.make_plan(
         images=["kilosort3"],
-        base_image=matlab_standin,
-        mpm_url=f"{mpm_server}/mpm",
+        base_image=inputs.matlab_standin,
+        mpm_url=f"{inputs.mpm_server}/mpm",
         kilosort_repo=str(compile_repo[0]),
         kilosort_commit=compile_repo[1],
-        npy_matlab_repo=str(fixture_repos["npy_matlab"][0]),
-        npy_matlab_commit=fixture_repos["npy_matlab"][1],
+        npy_matlab_repo=str(inputs.npy_matlab[0]),
+        npy_matlab_commit=inputs.npy_matlab[1],
         cuda=version,
         allow_cuda_mismatch=True,
-        cuda_toolkit=str(cuda_toolkit),
+        cuda_toolkit=str(inputs.cuda_toolkit),
         host_compiler="g++",
         mex_spec=str(SOURCES / "spec.json"),
         mex_binaries=str(mex_root),
@@ -81,22 +95,11 @@ def compile_plan(
 
 
 @pytest.fixture(scope="module")
-def compiled(
-    docker_client,
-    matlab_standin,
-    mpm_server,
-    compile_repo,
-    fixture_repos,
-    cuda_toolkit,
-    git_cache,
-    tmp_path_factory,
-):
+def compiled(stage_inputs, compile_repo, tmp_path_factory):
     mex_root = tmp_path_factory.mktemp("no-committed-binaries")
-    the_plan = compile_plan(
-        matlab_standin, mpm_server, compile_repo, fixture_repos, cuda_toolkit, mex_root
-    )
+    the_plan = compile_plan(stage_inputs, compile_repo, mex_root)
     events = build.BuildEvents()
-    built = build.execute(the_plan, docker_client, events=events)
+    built = build.execute(the_plan, stage_inputs.client, events=events)
     return the_plan, built[-1], events
 
 
@@ -151,19 +154,9 @@ def test_binaries_hold_exactly_the_requested_sass_and_ptx(docker_client, compile
 
 
 def test_build_mex_keeps_binaries_and_never_overwrites(
-    docker_client,
-    matlab_standin,
-    mpm_server,
-    compile_repo,
-    fixture_repos,
-    cuda_toolkit,
-    git_cache,
-    tmp_path,
-    monkeypatch,
+    stage_inputs, compile_repo, tmp_path, monkeypatch
 ):
-    the_plan = compile_plan(
-        matlab_standin, mpm_server, compile_repo, fixture_repos, cuda_toolkit, tmp_path
-    )
+    the_plan = compile_plan(stage_inputs, compile_repo, tmp_path)
     monkeypatch.setattr(commands, "make_plan", lambda **kwargs: the_plan)
     folder = commands.build_mex()
     assert folder == tmp_path / the_plan.profile.name / compile_repo[1]
@@ -177,13 +170,11 @@ def test_build_mex_keeps_binaries_and_never_overwrites(
         the_plan, options=replace(the_plan.options, compile_mex=False, cuda_toolkit=None)
     )
     events = build.BuildEvents()
-    build.execute(prebuilt, docker_client, events=events)
+    build.execute(prebuilt, stage_inputs.client, events=events)
     assert any("using committed binaries" in line for line in events.log_lines)
 
 
-def test_compile_error_names_the_file_and_changes_nothing(
-    docker_client, matlab_standin, mpm_server, fixture_repos, cuda_toolkit, git_cache, tmp_path
-):
+def test_compile_error_names_the_file_and_changes_nothing(stage_inputs, tmp_path):
     files = {f"CUDA/{p.name}": p.read_text() for p in SOURCES.glob("*.cu")}
     files["CUDA/mexScale.cu"] = files["CUDA/mexScale.cu"] + "\nthis is not C++;\n"
     repo = tmp_path / "broken-repo"
@@ -191,18 +182,10 @@ def test_compile_error_names_the_file_and_changes_nothing(
     existing = tmp_path / "mex" / "r2022b" / commit
     existing.mkdir(parents=True)
     (existing / "keep.txt").write_text("untouched")
-    the_plan = compile_plan(
-        matlab_standin,
-        mpm_server,
-        (repo, commit),
-        fixture_repos,
-        cuda_toolkit,
-        tmp_path / "mex",
-        compile_mex=True,
-    )
+    the_plan = compile_plan(stage_inputs, (repo, commit), tmp_path / "mex", compile_mex=True)
     events = build.BuildEvents()
     with pytest.raises(UserError, match="building kilosort3 failed"):
-        build.execute(the_plan, docker_client, events=events)
+        build.execute(the_plan, stage_inputs.client, events=events)
     assert any("mexScale.cu" in line and "error" in line for line in events.log_lines)
     assert (existing / "keep.txt").read_text() == "untouched"
 

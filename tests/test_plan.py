@@ -119,14 +119,8 @@ def test_labels(pins):
     assert labels["org.opencontainers.image.revision"] == "abc"
     assert labels["io.kilosort-docker.cuda.version"] == "11.2"
     assert labels["io.kilosort-docker.matlab.release"] == "R2022b"
-    ks4 = tags.labels(
-        stack.get_image("kilosort4"),
-        profile,
-        pins,
-        base_name="python",
-        revision="abc",
-        created="now",
-    )
+    ks4 = tags.labels(stack.get_image("kilosort4"), profile, pins, base_name="python",
+                      revision="abc", created="now")  # fmt: skip
     assert "io.kilosort-docker.matlab.release" not in ks4
     assert ks4["io.kilosort-docker.torch.version"] == pins.torch_version
 

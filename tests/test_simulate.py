@@ -1,8 +1,10 @@
-"""Simulation: files, shapes, caching, and the Kilosort 3 / 4 inputs against FACTS.md."""
+"""Simulation: files, shapes, caching, and the Kilosort 3 / 4 inputs against Kilosort's own
+files (configFile384.m at v3.0.2, the Kilosort 4 API)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,27 +101,8 @@ def test_cache_hit_and_key(sim, tmp_path):
     again = simulate(PARAMS, sim.folder.parent, n_jobs=1)
     assert again.cached and again.folder == sim.folder
     # Same values written differently give the same key; any change gives another.
-    assert (
-        SimulationParams(
-            duration_s=6.0,
-            n_channels=16,
-            n_units=4,
-            drift_um=8.0,
-            drift_period_s=4,
-            drift_start_s=1,
-            seed=7,
-        ).key()
-        == PARAMS.key()
-    )
-    other = SimulationParams(
-        duration_s=6,
-        n_channels=16,
-        n_units=4,
-        drift_um=8,
-        drift_period_s=4,
-        drift_start_s=1,
-        seed=8,
-    )
+    assert replace(PARAMS, duration_s=6.0, drift_um=8.0).key() == PARAMS.key()
+    other = replace(PARAMS, seed=8)
     assert other.key() != PARAMS.key()
 
 
@@ -152,7 +135,8 @@ def test_neuropixels_layout():
 
 
 def test_ops_follow_kilosort_302(sim):
-    """FACTS.md: v3.0.2 needs NT = 64*1024 - ntbuff (65472), the spike-holes fix."""
+    """Kilosort's configFile384.m at v3.0.2: NT = 64*1024 - ntbuff (65472), the spike-holes fix
+    (MouseLand/Kilosort issue 594)."""
     ops = scipy_io.loadmat(sim.folder / "ops.mat", simplify_cells=True)["ops"]
     assert ops["ntbuff"] == 64
     assert ops["NT"] == 64 * 1024 - ops["ntbuff"] == 65472 == KS3_NT

@@ -248,3 +248,15 @@ def test_release_push_needs_a_record_of_this_release(tmp_path, monkeypatch):
 def test_record_path_is_per_profile():
     assert record.record_path("r2021a").name == "r2021a.json"
     assert record.record_path("r2021a", folder=Path("/x")) == Path("/x/r2021a.json")
+
+
+def test_every_task_flag_has_help():
+    """`invoke --help <task>` explains every flag of every task."""
+    import tasks
+
+    for name in tasks.ns.task_names:
+        task = tasks.ns[name]
+        params = list(task.argspec(task.body).parameters)
+        missing = [p for p in params if not task.help.get(p)]
+        assert not missing, f"{name}: no help for {missing}"
+        assert task.__doc__ or task.body.__doc__, name

@@ -114,25 +114,19 @@ def test_rate_limit_names_the_reset_time_and_the_token(fake_api: FakeAPI) -> Non
     assert "GITHUB_TOKEN" in message
 
 
-def test_429_rate_limit(fake_api: FakeAPI) -> None:
-    fake_api.set(
-        f"{TAGS_PATH}?per_page=100",
-        {"message": "secondary rate limit"},
-        status=429,
-        Retry_After="60",
-    )
-    with pytest.raises(UserError, match="rate limit.*60 seconds from now.*GITHUB_TOKEN"):
-        upstream.github_tags(api_url=fake_api.url)
-
-
-def test_403_without_rate_limit_is_still_clear(fake_api: FakeAPI) -> None:
-    fake_api.set(
-        f"{TAGS_PATH}?per_page=100",
-        {"message": "Forbidden"},
-        status=403,
-        X_RateLimit_Remaining="42",
-    )
-    with pytest.raises(UserError, match="HTTP 403"):
+@pytest.mark.parametrize(
+    ("message", "status", "header", "match"),
+    [
+        # a secondary rate limit says when to retry
+        ("secondary rate limit", 429, {"Retry_After": "60"},
+         "rate limit.*60 seconds from now.*GITHUB_TOKEN"),
+        # a 403 that is not a rate limit is still a clear error
+        ("Forbidden", 403, {"X_RateLimit_Remaining": "42"}, "HTTP 403"),
+    ],
+)  # fmt: skip
+def test_refusals_name_the_cause(fake_api: FakeAPI, message, status, header, match) -> None:
+    fake_api.set(f"{TAGS_PATH}?per_page=100", {"message": message}, status=status, **header)
+    with pytest.raises(UserError, match=match):
         upstream.github_tags(api_url=fake_api.url)
 
 

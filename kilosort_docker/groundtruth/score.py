@@ -65,6 +65,10 @@ class Thresholds:
     source: str = ""
 
 
+#: The y range of every score axis (scores lie in [0, 1]).
+SCORE_LIMITS = (-0.02, 1.02)
+
+
 def thresholds_path(sorter: str) -> Path:
     """``thresholds/<sorter>.toml`` at the repository root."""
     return THRESHOLDS_DIR / f"{sorter}.toml"
@@ -388,12 +392,8 @@ def write_figures(
     ax.plot(np.arange(1, acc.size + 1), rec[order], ".", ms=3, alpha=0.6, label="recall")
     ax.plot(np.arange(1, acc.size + 1), prec[order], ".", ms=3, alpha=0.6, label="precision")
     ax.axhline(WELL_DETECTED, color="k", ls="--", lw=0.8)
-    ax.set(
-        xlabel="ground-truth unit (sorted by accuracy)",
-        ylabel="score",
-        ylim=(-0.02, 1.02),
-        title=f"{sorter}: {n_well}/{acc.size} units at accuracy >= {WELL_DETECTED}",
-    )
+    ax.set(xlabel="ground-truth unit (sorted by accuracy)", ylabel="score", ylim=SCORE_LIMITS)
+    ax.set_title(f"{sorter}: {n_well}/{acc.size} units at accuracy >= {WELL_DETECTED}")
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(out / FIGURES[0], dpi=120)
@@ -403,12 +403,8 @@ def write_figures(
     ax.scatter(snr, acc, s=12, c=np.where(acc >= WELL_DETECTED, "tab:green", "tab:red"))
     ax.axhline(WELL_DETECTED, color="k", ls="--", lw=0.8)
     ax.axvline(HIGH_SNR, color="grey", ls=":", lw=0.8)
-    ax.set(
-        xlabel="SNR (template peak / noise)",
-        ylabel="accuracy",
-        ylim=(-0.02, 1.02),
-        title=f"{sorter}: accuracy against SNR",
-    )
+    ax.set(xlabel="SNR (template peak / noise)", ylabel="accuracy", ylim=SCORE_LIMITS)
+    ax.set_title(f"{sorter}: accuracy against SNR")
     if snr.size and snr.min() > 0:
         ax.set_xscale("log")
     fig.tight_layout()

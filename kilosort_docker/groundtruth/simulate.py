@@ -177,7 +177,8 @@ def neuropixels_probe(n_channels: int):
     Returns a :class:`probeinterface.Probe` with device channel indices ``0..n_channels-1``.
     Positions are in micrometres (x in 0..48, y from 0 at the tip, 20 um per row pair).
     Built from probeinterface's own Neuropixels tables, so it needs no network (the
-    ``probe_name="Neuropixels1-384"`` route downloads and fails offline; see FACTS.md).
+    ``probe_name="Neuropixels1-384"`` route downloads the probe from probeinterface's online
+    library and fails offline).
     """
     from probeinterface.neuropixels_tools import build_neuropixels_probe
 

@@ -153,24 +153,24 @@ def dynamic_symbols(data: bytes) -> set[str]:
     return {s.name for s in section.iter_symbols() if s["st_shndx"] != "SHN_UNDEF" and s.name}
 
 
+def _glibcxx_versions(data: bytes, kind: type) -> set[str]:
+    """The GLIBCXX_* names in an ELF object's version sections of ``kind``."""
+    found = set()
+    for section in _elf(data).iter_sections():
+        if isinstance(section, kind):
+            for _, auxiliaries in section.iter_versions():
+                found.update(a.name for a in auxiliaries if a.name.startswith("GLIBCXX_"))
+    return found
+
+
 def elf_glibcxx_needed(data: bytes) -> set[str]:
     """GLIBCXX_* versions an ELF object needs (its version-needs section)."""
-    needed = set()
-    for section in _elf(data).iter_sections():
-        if isinstance(section, GNUVerNeedSection):
-            for _, auxiliaries in section.iter_versions():
-                needed.update(a.name for a in auxiliaries if a.name.startswith("GLIBCXX_"))
-    return needed
+    return _glibcxx_versions(data, GNUVerNeedSection)
 
 
 def glibcxx_provided(data: bytes) -> set[str]:
-    """GLIBCXX_* versions a libstdc++ defines."""
-    provided = set()
-    for section in _elf(data).iter_sections():
-        if isinstance(section, GNUVerDefSection):
-            for _, auxiliaries in section.iter_versions():
-                provided.update(a.name for a in auxiliaries if a.name.startswith("GLIBCXX_"))
-    return provided
+    """GLIBCXX_* versions a libstdc++ defines (its version-definitions section)."""
+    return _glibcxx_versions(data, GNUVerDefSection)
 
 
 class _Chunks(io.RawIOBase):

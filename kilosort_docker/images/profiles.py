@@ -4,14 +4,18 @@ A profile pins everything that must agree for Kilosort3's CUDA mex files to buil
 the MATLAB release and its ``mathworks/matlab`` base image, the Ubuntu version that image is
 built on (mex files must be compiled on the same OS as the runtime, or they fail with
 "GLIBCXX_3.4.NN not found"), the CUDA toolkit version that release's ``mexcuda`` expects, the
-host compiler and the gencode list. Source: MathWorks' release notes and ``mexcuda -v`` output,
-summarised in the project's FACTS.md.
+host compiler and the gencode list. The values are data, in ``profiles.toml`` beside this
+module, whose comments name their sources (MathWorks' GPU computing requirements and
+``mexcuda -v`` output, MathWorks' matlab-dockerfile repository, NVIDIA's CUDA archive).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import tomllib
 
 from kilosort_docker.errors import UserError
 from kilosort_docker.mex.gencode import Gencode
@@ -92,45 +96,22 @@ class Profile:
         return replace(self, **changes) if changes else self
 
 
-_NVIDIA = "https://developer.download.nvidia.com/compute/cuda/"
+#: The profiles' data: one table per profile (see its comments for the sources).
+PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 
-PROFILES: dict[str, Profile] = {
-    p.name: p
-    for p in (
-        Profile(
-            name="r2021a",
-            matlab_release="R2021a",
-            base_image="mathworks/matlab:r2021a",
-            ubuntu="20.04",
-            cuda="11.0",
-            host_compiler="g++-8",
-            cuda_installer_url=_NVIDIA + "11.0.3/local_installers/cuda_11.0.3_450.51.06_linux.run",
-            gencode=_gencodes(35, 50, 60, 70, 80, ptx=80),
-        ),
-        Profile(
-            name="r2022b",
-            matlab_release="R2022b",
-            base_image="mathworks/matlab:r2022b",
-            ubuntu="20.04",
-            cuda="11.2",
-            host_compiler="g++-10",
-            cuda_installer_url=_NVIDIA + "11.2.2/local_installers/cuda_11.2.2_460.32.03_linux.run",
-            gencode=_gencodes(35, 50, 60, 70, 80, ptx=80),
-        ),
-        Profile(
-            name="r2024a",
-            matlab_release="R2024a",
-            base_image="mathworks/matlab:r2024a",
-            ubuntu="22.04",
-            cuda="12.2",
-            host_compiler="g++-11",
-            cuda_installer_url=_NVIDIA + "12.2.2/local_installers/cuda_12.2.2_535.104.05_linux.run",
-            gencode=_gencodes(50, 60, 70, 80, 90, ptx=90),
-            gpu_mex_library="gpumexbinder",
-            verified=False,
-        ),
-    )
-}
+
+def _load_profiles(text: str) -> dict[str, Profile]:
+    """``{name: Profile}`` from the TOML text of :data:`PROFILES_FILE` (``sass`` and ``ptx``
+    give the gencode list)."""
+    profiles = {}
+    for name, row in tomllib.loads(text).items():
+        row = dict(row)
+        gencode = _gencodes(*row.pop("sass"), ptx=row.pop("ptx"))
+        profiles[name] = Profile(name=name, gencode=gencode, **row)
+    return profiles
+
+
+PROFILES: dict[str, Profile] = _load_profiles(PROFILES_FILE.read_text())
 
 
 def get_profile(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from kilosort_docker.errors import UserError
@@ -128,6 +129,29 @@ class ImageSpec:
     def __post_init__(self) -> None:
         if (self.parent is None) == (self.base is None):
             raise ValueError(f"image {self.name}: give exactly one of parent and base")
+
+    @classmethod
+    def from_module(cls, module: ModuleType) -> ImageSpec:
+        """The entry an image's module describes (:mod:`kilosort_docker.images.entries`).
+
+        Its constants ``NAME``, ``TITLE``, then ``PARENT`` or ``BASE`` (and optionally
+        ``PER_PROFILE``, ``NEEDS_LICENSE``, ``CHECKS``), and its functions named after the
+        fields (``buildargs``, ``describe``, ``stage``, ``version``, ``labels``,
+        ``size_budget_gb``); what it does not define keeps the default.
+        """
+        constants = {
+            "name": "NAME",
+            "title": "TITLE",
+            "parent": "PARENT",
+            "base": "BASE",
+            "per_profile": "PER_PROFILE",
+            "needs_license": "NEEDS_LICENSE",
+            "checks": "CHECKS",
+        }
+        functions = ("buildargs", "describe", "stage", "version", "labels", "size_budget_gb")
+        values = {k: getattr(module, c) for k, c in constants.items() if hasattr(module, c)}
+        values |= {key: getattr(module, key) for key in functions if hasattr(module, key)}
+        return cls(**values)
 
     @property
     def external_base(self) -> str | None:

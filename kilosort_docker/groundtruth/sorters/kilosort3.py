@@ -4,27 +4,15 @@ license is given at run time and never logged."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from kilosort_docker.groundtruth.sorters.common import (
-    DATA_MOUNT,
-    OUT_MOUNT,
-    SortError,
-    SortResult,
-    check_data_folder,
-)
-from kilosort_docker.matlab import (
-    MatlabError,
-    host_license,
-    local_matlab,
-    quote,
-    resolve_license,
-    run_batch,
-)
-from kilosort_docker.paths import MATLAB_DIR, MATLAB_MOUNT
+from kilosort_docker import matlab as matlab_runner
+from kilosort_docker.groundtruth.sorters import common
+from kilosort_docker.groundtruth.sorters.common import SortError, SortResult, check_data_folder
+from kilosort_docker.paths import DATA_MOUNT, MATLAB_DIR, MATLAB_MOUNT, OUT_MOUNT
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +21,8 @@ KS3_INPUTS = ("recording.bin", "ops.mat", "chanMap.mat")
 
 def matlab_statement(data_dir: str, out_dir: str, *, matlab_dir: str | None = None) -> str:
     """The ``-batch`` statement: add our MATLAB folder to the path, then run_kilosort3."""
-    add = f"addpath({quote(matlab_dir)}); " if matlab_dir else ""
-    return f"{add}run_kilosort3({quote(data_dir)}, {quote(out_dir)})"
-
-
-def _read_info(out_dir: Path) -> dict:
-    path = out_dir / "ks_run.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        return {}
+    add = f"addpath({matlab_runner.quote(matlab_dir)}); " if matlab_dir else ""
+    return f"{add}run_kilosort3({matlab_runner.quote(data_dir)}, {matlab_runner.quote(out_dir)})"
 
 
 def run_kilosort3_container(
@@ -51,9 +31,7 @@ def run_kilosort3_container(
     *,
     image: str,
     license: str | None = None,
-    mac_address: str | None = None,
-    matlab_command: tuple[str, ...] = (),
-    client=None,
+    **batch_options: Any,
 ) -> SortResult:
     """Sort a simulation folder with Kilosort 3 inside the ``kilosort3`` image on every GPU.
 
@@ -66,15 +44,17 @@ def run_kilosort3_container(
     Args:
         image: image tag, e.g. ``kilosort3:3.0.2``.
         license: ``port@host`` or a license file; default ``$MLM_LICENSE_FILE``.
-        mac_address: the licensed MAC address for a host-locked license.
-        matlab_command: argv placed before ``-batch`` (empty when the image's entrypoint
-            is MATLAB, as in ``mathworks/matlab``; ``("matlab",)`` otherwise).
+        batch_options: go to :func:`kilosort_docker.matlab.run_batch` as they are:
+            ``mac_address`` (the licensed MAC address of a host-locked license),
+            ``matlab_command`` (argv placed before ``-batch``: empty when the image's
+            entrypoint is MATLAB, as in ``mathworks/matlab``; ``("matlab",)`` otherwise),
+            ``client``.
 
     Raises:
         UserError: no license, missing inputs, no Docker engine, unknown image.
         SortError: MATLAB exited non-zero.
     """
-    lic = resolve_license(license)
+    lic = matlab_runner.resolve_license(license)
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS3_INPUTS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,20 +66,11 @@ def run_kilosort3_container(
     stmt = matlab_statement(DATA_MOUNT, OUT_MOUNT, matlab_dir=MATLAB_MOUNT)
     start = time.perf_counter()
     try:
-        run_batch(
-            stmt,
-            image=image,
-            license=lic,
-            matlab_command=matlab_command,
-            mac_address=mac_address,
-            volumes=volumes,
-            gpu=True,
-            client=client,
-        )
-    except MatlabError as exc:
+        matlab_runner.run_batch(stmt, image=image, license=lic, volumes=volumes, **batch_options)
+    except matlab_runner.MatlabError as exc:
         raise SortError(str(exc)) from None
     wall = time.perf_counter() - start
-    info = _read_info(out_dir)
+    info = common.read_run_info(out_dir)
     return SortResult("kilosort3", "container", out_dir, float(info.get("seconds", wall)), info)
 
 
@@ -117,17 +88,17 @@ def run_kilosort3_host(
         UserError: no MATLAB, no license, missing inputs.
         SortError: MATLAB exited non-zero.
     """
-    exe = local_matlab(matlab)
-    lic = host_license(license, exe)
+    exe = matlab_runner.local_matlab(matlab)
+    lic = matlab_runner.host_license(license, exe)
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS3_INPUTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     stmt = matlab_statement(str(data_dir), str(out_dir), matlab_dir=str(MATLAB_DIR))
     start = time.perf_counter()
     try:
-        run_batch(stmt, license=lic, matlab=exe, cwd=out_dir)
-    except MatlabError as exc:
+        matlab_runner.run_batch(stmt, license=lic, matlab=exe, cwd=out_dir)
+    except matlab_runner.MatlabError as exc:
         raise SortError(str(exc)) from None
     wall = time.perf_counter() - start
-    info = _read_info(out_dir)
+    info = common.read_run_info(out_dir)
     return SortResult("kilosort3", "host", out_dir, float(info.get("seconds", wall)), info)

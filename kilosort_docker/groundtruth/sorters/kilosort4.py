@@ -3,30 +3,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.groundtruth.sorters import ks4_entry
-from kilosort_docker.groundtruth.sorters.common import (
-    DATA_MOUNT,
-    OUT_MOUNT,
-    SortResult,
-    check_data_folder,
-    run_container,
-)
+from kilosort_docker.groundtruth.sorters import common, ks4_entry
+from kilosort_docker.groundtruth.sorters.common import SortResult, check_data_folder, run_container
+from kilosort_docker.paths import DATA_MOUNT, OUT_MOUNT
 
 log = logging.getLogger(__name__)
 
 KS4_INPUTS = ("recording.bin", "ks4_settings.json", "ks4_probe.json")
 DEVICES = ("auto", "cuda", "cpu")
-
-
-def _read_info(out_dir: Path) -> dict:
-    path = out_dir / "ks_run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_kilosort4_host(
@@ -60,7 +49,7 @@ def run_kilosort4_host(
         raise UserError("device cuda asked for but torch sees no GPU: use --device cpu or auto")
     if code != 0:
         raise UserError(f"kilosort4 entry point failed with code {code}")
-    info = _read_info(out_dir)
+    info = common.read_run_info(out_dir)
     return SortResult("kilosort4", "host", out_dir, float(info.get("seconds", wall)), info)
 
 
@@ -108,5 +97,5 @@ def run_kilosort4_container(
         client=client,
     )
     wall = time.perf_counter() - start
-    info = _read_info(out_dir)
+    info = common.read_run_info(out_dir)
     return SortResult("kilosort4", "container", out_dir, float(info.get("seconds", wall)), info)

@@ -12,13 +12,16 @@ to load with "GLIBCXX_3.4.NN not found").
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from kilosort_docker import mex, paths
 from kilosort_docker.images import checks
 from kilosort_docker.images.checks import ImageUnderTest
-from kilosort_docker.images.entries.kilosort3_code import kilosort3_labels, kilosort3_version
+
+# The Kilosort3 images share their tags and labels.
+from kilosort_docker.images.entries.kilosort3_code import labels, version  # noqa: F401
 from kilosort_docker.images.spec import ImageCheck, ImageSpec, PlanContext
 
 if TYPE_CHECKING:
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 DRIVER_LIBRARIES = ("libcuda.so", "libnvidia-")
 
 
-def _buildargs(ctx: PlanContext) -> dict[str, str]:
+def buildargs(ctx: PlanContext) -> dict[str, str]:
     """The stage's build args; raises UserError where the profile's CUDA cannot emit a
     ``--gencode`` target."""
     profile, options = ctx.profile, ctx.options
@@ -44,7 +47,7 @@ def _buildargs(ctx: PlanContext) -> dict[str, str]:
     }
 
 
-def _describe(ctx: PlanContext) -> list[str]:
+def describe(ctx: PlanContext) -> list[str]:
     profile, options = ctx.profile, ctx.options
     folder = ctx.mex_binaries_folder
     shown = folder.relative_to(paths.ROOT) if folder.is_relative_to(paths.ROOT) else folder
@@ -73,7 +76,7 @@ def _describe(ctx: PlanContext) -> list[str]:
     return lines
 
 
-def _stage(plan: BuildPlan, context: Path) -> dict[str, str]:
+def stage(plan: BuildPlan, context: Path) -> dict[str, str]:
     from kilosort_docker.images import mexstage  # it reads the plan module, which reads the stack
 
     mexstage.stage(plan, context)
@@ -189,31 +192,23 @@ def _mex_glibcxx(target: ImageUnderTest) -> tuple[bool, str]:
     return True, f"GLIBCXX needs of {checked} mex files met by the libstdc++ MATLAB loads"
 
 
-def _matlab_budget(profile) -> float:
+def size_budget_gb(profile) -> float:
+    """The profile's budget for a MATLAB image, in GB."""
     return profile.image_size_budget_gb if profile else 0.0
 
 
-IMAGE = ImageSpec(
-    name="kilosort3",
-    title="Kilosort3 with its CUDA mex files, ready to sort on a GPU",
-    parent="kilosort3-code",
-    buildargs=_buildargs,
-    describe=_describe,
-    stage=_stage,
-    version=kilosort3_version,
-    labels=kilosort3_labels,
-    checks=(
-        ImageCheck("mex-present", "every mex file of the manifest is present", _mex_present),
-        ImageCheck("mex-checksums", "every mex file matches its manifest checksum", _mex_checksums),
-        ImageCheck("mex-exports", "every mex file exports mexFunction", _mex_exports),
-        ImageCheck(
-            "mex-libraries", "ldd resolves every library but the GPU driver's", _mex_libraries
-        ),
-        ImageCheck(
-            "mex-glibcxx",
-            "the libstdc++ MATLAB loads provides every GLIBCXX version needed",
-            _mex_glibcxx,
-        ),
+NAME = "kilosort3"
+TITLE = "Kilosort3 with its CUDA mex files, ready to sort on a GPU"
+PARENT = "kilosort3-code"
+CHECKS = (
+    ImageCheck("mex-present", "every mex file of the manifest is present", _mex_present),
+    ImageCheck("mex-checksums", "every mex file matches its manifest checksum", _mex_checksums),
+    ImageCheck("mex-exports", "every mex file exports mexFunction", _mex_exports),
+    ImageCheck("mex-libraries", "ldd resolves every library but the GPU driver's", _mex_libraries),
+    ImageCheck(
+        "mex-glibcxx",
+        "the libstdc++ MATLAB loads provides every GLIBCXX version needed",
+        _mex_glibcxx,
     ),
-    size_budget_gb=_matlab_budget,
 )
+IMAGE = ImageSpec.from_module(sys.modules[__name__])

@@ -7,6 +7,7 @@ start-up (``matlab/startup.m``) puts both on the path."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 MATLAB_DIR = paths.MATLAB_DIR
 
 
-def _buildargs(ctx: PlanContext) -> dict[str, str]:
+def buildargs(ctx: PlanContext) -> dict[str, str]:
     return {
         "KILOSORT_VERSION": ctx.pins.kilosort3.version,
         "KILOSORT_COMMIT": ctx.pins.kilosort3.commit,
@@ -33,7 +34,7 @@ def _buildargs(ctx: PlanContext) -> dict[str, str]:
     }
 
 
-def _describe(ctx: PlanContext) -> list[str]:
+def describe(ctx: PlanContext) -> list[str]:
     pins, options = ctx.pins, ctx.options
     ks_repo = options.kilosort_repository or pins.kilosort3.repository
     npy_repo = options.npy_matlab_repository or pins.npy_matlab.repository
@@ -45,7 +46,7 @@ def _describe(ctx: PlanContext) -> list[str]:
     ]
 
 
-def _stage(plan: BuildPlan, context: Path) -> dict[str, str]:
+def stage(plan: BuildPlan, context: Path) -> dict[str, str]:
     """Export both sources at their checked commits into ``src/`` and copy ``matlab/``;
     the build args then carry the full 40-hex commits."""
     options, pins = plan.options, plan.pins
@@ -75,31 +76,25 @@ def _kilosort_commit(target: ImageUnderTest) -> tuple[bool, str]:
     return True, f"Kilosort at {recorded[:12]} = label = pin {pin}"
 
 
-def kilosort3_version(ctx: PlanContext) -> str:
+def version(ctx: PlanContext) -> str:
     """The moving tag of the Kilosort3 images: ``<kilosort version>-<profile>``."""
     return f"{ctx.pins.kilosort3.version}-{ctx.profile.name}"
 
 
-def kilosort3_labels(ctx: PlanContext) -> dict[str, str]:
+def labels(ctx: PlanContext) -> dict[str, str]:
     """The Kilosort version label (the commit label is set by the Dockerfile from the commit
     actually checked out)."""
     return {f"{LABEL_PREFIX}.kilosort.version": ctx.pins.kilosort3.version}
 
 
-IMAGE = ImageSpec(
-    name="kilosort3-code",
-    title="Kilosort3 and npy-matlab at pinned commits on MATLAB with its toolboxes",
-    parent="matlab-toolboxes",
-    buildargs=_buildargs,
-    describe=_describe,
-    stage=_stage,
-    version=kilosort3_version,
-    labels=kilosort3_labels,
-    checks=(
-        ImageCheck(
-            "kilosort-commit",
-            "the checked-out Kilosort commit equals the pin and the label",
-            _kilosort_commit,
-        ),
+NAME = "kilosort3-code"
+TITLE = "Kilosort3 and npy-matlab at pinned commits on MATLAB with its toolboxes"
+PARENT = "matlab-toolboxes"
+CHECKS = (
+    ImageCheck(
+        "kilosort-commit",
+        "the checked-out Kilosort commit equals the pin and the label",
+        _kilosort_commit,
     ),
 )
+IMAGE = ImageSpec.from_module(sys.modules[__name__])

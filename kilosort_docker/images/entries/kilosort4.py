@@ -7,6 +7,7 @@ and a CA bundle for pip (a TLS-inspecting proxy) are staged into the context whe
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,14 +24,14 @@ if TYPE_CHECKING:
 SIZE_BUDGET_GB = 12.0
 
 
-def _buildargs(ctx: PlanContext) -> dict[str, str]:
+def buildargs(ctx: PlanContext) -> dict[str, str]:
     return {
         "KILOSORT4_VERSION": ctx.pins.kilosort4_version,
         "TORCH_VERSION": ctx.pins.torch_version,
     }
 
 
-def _describe(ctx: PlanContext) -> list[str]:
+def describe(ctx: PlanContext) -> list[str]:
     lines = []
     if ctx.options.wheelhouse:
         lines.append(f"wheels from {ctx.options.wheelhouse}")
@@ -39,7 +40,7 @@ def _describe(ctx: PlanContext) -> list[str]:
     return lines
 
 
-def _stage(plan: BuildPlan, context: Path) -> dict[str, str]:
+def stage(plan: BuildPlan, context: Path) -> dict[str, str]:
     """Copy the wheelhouse's wheels into ``wheels/`` and the CA bundle into ``certs/`` (both
     folders exist, empty, when not given); raises UserError for a wheelhouse with no wheels."""
     wheels = context / "wheels"
@@ -81,32 +82,40 @@ def _kilosort4_versions(target: ImageUnderTest) -> tuple[bool, str]:
     return (not problems, "; ".join(problems) if problems else detail)
 
 
-IMAGE = ImageSpec(
-    name="kilosort4",
-    title="Kilosort 4 (Python, PyTorch) for GPU or CPU; no license needed",
-    base=ExternalBase(
-        label="Python base image",
-        ref=lambda ctx: ctx.options.python_base_image or ctx.pins.python_base_image,
-        flag="--python-base",
-    ),
-    per_profile=False,
-    needs_license=False,
-    buildargs=_buildargs,
-    describe=_describe,
-    stage=_stage,
-    version=lambda ctx: ctx.pins.kilosort4_version,
-    labels=lambda ctx: {
+def version(ctx: PlanContext) -> str:
+    """The moving tag: the pinned ``kilosort`` version."""
+    return ctx.pins.kilosort4_version
+
+
+def labels(ctx: PlanContext) -> dict[str, str]:
+    """The Kilosort and PyTorch versions."""
+    return {
         f"{LABEL_PREFIX}.kilosort.version": ctx.pins.kilosort4_version,
         f"{LABEL_PREFIX}.torch.version": ctx.pins.torch_version,
-    },
-    checks=(
-        checks.NON_ROOT,
-        ImageCheck(
-            "kilosort4-versions",
-            "Python >= 3.10 with kilosort and torch at the pinned versions",
-            _kilosort4_versions,
-        ),
-        checks.NO_SECRETS,
-    ),
-    size_budget_gb=lambda profile: SIZE_BUDGET_GB,
+    }
+
+
+def size_budget_gb(profile) -> float:
+    """A PyTorch image's budget, whatever the profile (CUDA builds of PyTorch are large)."""
+    return SIZE_BUDGET_GB
+
+
+NAME = "kilosort4"
+TITLE = "Kilosort 4 (Python, PyTorch) for GPU or CPU; no license needed"
+BASE = ExternalBase(
+    label="Python base image",
+    ref=lambda ctx: ctx.options.python_base_image or ctx.pins.python_base_image,
+    flag="--python-base",
 )
+PER_PROFILE = False
+NEEDS_LICENSE = False
+CHECKS = (
+    checks.NON_ROOT,
+    ImageCheck(
+        "kilosort4-versions",
+        "Python >= 3.10 with kilosort and torch at the pinned versions",
+        _kilosort4_versions,
+    ),
+    checks.NO_SECRETS,
+)
+IMAGE = ImageSpec.from_module(sys.modules[__name__])

@@ -4,6 +4,8 @@ MathWorks documents for ``mathworks/matlab`` images). No license is needed to bu
 
 from __future__ import annotations
 
+import sys
+
 from kilosort_docker.images import checks
 from kilosort_docker.images.checks import ImageUnderTest
 from kilosort_docker.images.spec import ExternalBase, ImageCheck, ImageSpec, PlanContext
@@ -17,7 +19,7 @@ TOOLBOX_FOLDERS = {
 }
 
 
-def _buildargs(ctx: PlanContext) -> dict[str, str]:
+def buildargs(ctx: PlanContext) -> dict[str, str]:
     profile = ctx.profile
     return {
         "MATLAB_RELEASE": profile.matlab_release,
@@ -40,18 +42,16 @@ def _toolboxes(target: ImageUnderTest) -> tuple[bool, str]:
     return True, f"{', '.join(wanted)} present in {profile.matlab_root}/toolbox"
 
 
-IMAGE = ImageSpec(
-    name="matlab-toolboxes",
-    title="MATLAB with the Parallel Computing, Signal Processing and Statistics toolboxes",
-    base=ExternalBase(
-        label="mathworks/matlab:<release>",
-        ref=lambda ctx: ctx.profile.base_image,
-        flag="--base-image",
-    ),
-    buildargs=_buildargs,
-    checks=(
-        checks.NON_ROOT,
-        ImageCheck("toolboxes", "the three toolboxes are in the MATLAB root", _toolboxes),
-        checks.NO_SECRETS,
-    ),
+NAME = "matlab-toolboxes"
+TITLE = "MATLAB with the Parallel Computing, Signal Processing and Statistics toolboxes"
+BASE = ExternalBase(
+    label="mathworks/matlab:<release>",
+    ref=lambda ctx: ctx.profile.base_image,
+    flag="--base-image",
 )
+CHECKS = (
+    checks.NON_ROOT,
+    ImageCheck("toolboxes", "the three toolboxes are in the MATLAB root", _toolboxes),
+    checks.NO_SECRETS,
+)
+IMAGE = ImageSpec.from_module(sys.modules[__name__])
