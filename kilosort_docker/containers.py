@@ -46,13 +46,13 @@ from docker.types import DeviceRequest
 
 from kilosort_docker import engine
 from kilosort_docker.errors import UserError
+from kilosort_docker.secrets import redact as _redact
 
 log = logging.getLogger(__name__)
 
 #: Prefix of the name of every container this module creates (``docker ps -a`` shows it).
 NAME_PREFIX = "kilosort-docker-"
 #: What replaces a redacted string in logged and returned output.
-REDACTED = "***"
 
 Volumes = Mapping[str, Mapping[str, str]]
 
@@ -326,12 +326,6 @@ def _refused(image: str, exc: Exception, *, gpu: bool, secrets: Sequence[str]) -
 def _first_line(exc: Exception) -> str:
     text = str(getattr(exc, "explanation", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def _emit(raw: bytes, lines: list[str], tail, secrets: Sequence[str], level: int) -> None:

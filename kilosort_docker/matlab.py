@@ -33,10 +33,14 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kilosort_docker import containers
 from kilosort_docker.errors import UserError
 from kilosort_docker.paths import LICENSE_MOUNT
+from kilosort_docker.secrets import redact
+
+if TYPE_CHECKING:
+    from kilosort_docker.containers import Volumes
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +170,7 @@ def run_batch(
     matlab: str | os.PathLike = "matlab",
     matlab_command: Sequence[str] = (),
     mac_address: str | None = None,
-    volumes: containers.Volumes | None = None,
+    volumes: Volumes | None = None,
     environment: Mapping[str, str] | None = None,
     gpu: bool = True,
     cwd: str | os.PathLike | None = None,
@@ -229,6 +233,9 @@ def run_batch(
     license_volumes, env = license.container_access()
     all_volumes.update(license_volumes)
     env.update(environment or {})
+    from kilosort_docker import containers  # the docker SDK: only for containers, so a host
+    # MATLAB runs where it is not installed
+
     result = containers.run(
         image,
         [*matlab_command, "-batch", statement],
@@ -278,8 +285,7 @@ def _run_local(
         assert proc.stdout is not None
         for line in proc.stdout:
             text = line.rstrip("\n")
-            for secret in secrets:
-                text = text.replace(secret, containers.REDACTED)
+            text = redact(text, secrets)
             lines.append(text)
             tail.append(text)
             log.info("| %s", text)

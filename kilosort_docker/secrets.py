@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,18 @@ SECRET_CONTENT = re.compile(
     rb'|"auths"\s*:\s*\{\s*"[^"]+"\s*:\s*\{\s*"auth"\s*:\s*"[A-Za-z0-9+/=]{8,}',
     re.MULTILINE,
 )
+
+#: What replaces a secret (a license value, a password) in logs, output and error messages.
+REDACTED = "***"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty string of ``secrets`` replaced by :data:`REDACTED`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
 
 _LAYER_NAMES = re.compile(
     "|".join(fnmatch.translate(p) for p in (*SECRET_FILE_NAMES, *LAYER_ONLY_NAMES))

@@ -250,3 +250,20 @@ def test_common_user_switch(tmp_path, monkeypatch, data_dir):
     run_kilosort4_container(data_dir, tmp_path / "out2", image="k", client=client)
     assert "user" not in client.calls[1][1]
     assert (tmp_path / "out2").stat().st_mode & 0o777 == 0o777
+
+
+def test_host_mode_needs_no_docker_sdk():
+    """A GPU machine with no Docker (and no docker SDK) sorts in host mode: nothing on that
+    path imports the SDK."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['docker'] = None\n"
+        "import kilosort_docker.groundtruth.run, kilosort_docker.groundtruth.sorters\n"
+        "from kilosort_docker.groundtruth.sorters import kilosort3, kilosort4\n"
+        "from kilosort_docker import matlab\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -20,6 +20,7 @@ from kilosort_docker import engine
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import tags
 from kilosort_docker.images.plan import BuildPlan
+from kilosort_docker.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,7 @@ def credentials() -> dict[str, str] | None:
 
 
 def _scrub(text: str, secret: dict[str, str] | None) -> str:
-    if secret and secret.get("password"):
-        text = text.replace(secret["password"], "***")
-    return text
+    return redact(text, [secret.get("password", "")] if secret else [])
 
 
 def targets(

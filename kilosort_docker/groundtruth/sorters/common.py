@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kilosort_docker import containers
 from kilosort_docker.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -89,6 +88,9 @@ def run_container(
         UserError: the image does not exist or Docker refuses the request.
         SortError: the command exited non-zero (its last output line is in the message).
     """
+    from kilosort_docker import containers  # the docker SDK: only for containers, so host
+    # mode runs on a GPU machine without it
+
     result = containers.run(
         image,
         command,
