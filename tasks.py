@@ -51,11 +51,45 @@ MEX_OPTIONS = (
 BUILT_IMAGE_OPTIONS = ("profile", "image", "namespace")
 
 
+def site_settings(c) -> dict:
+    """Invoke's ``kilosort_docker`` configuration section, checked: known keys only, each a
+    string or unset. Raises UserError naming the key and the known ones."""
+    section = c.config.get(CONFIG_SECTION)
+    if section is None:
+        return {}
+    if not hasattr(section, "items"):
+        raise UserError(
+            f"invoke configuration: {CONFIG_SECTION} must be a table of settings, not "
+            f"{section!r}: see README's Site settings"
+        )
+    known = site_defaults()
+    for key, value in section.items():
+        if key not in known:
+            raise UserError(
+                f"invoke configuration: unknown setting {CONFIG_SECTION}.{key}: use one of "
+                f"{', '.join(known)}"
+            )
+        if value is not None and not isinstance(value, str):
+            raise UserError(
+                f"invoke configuration: {CONFIG_SECTION}.{key} must be a string, not "
+                f"{value!r}: quote it in the file"
+            )
+    return dict(section)
+
+
 def site_setting(c, key: str, given=None):
     """``given`` if the flag was given, else invoke's ``kilosort_docker.<key>`` setting."""
     if given not in (None, (), []):
         return given
-    return (c.config.get(CONFIG_SECTION) or {}).get(key)
+    return site_settings(c).get(key)
+
+
+def _help(spec) -> str:
+    """An option's help, naming its site setting where it has one."""
+    text = spec.metadata["help"]
+    if spec.metadata["site"]:
+        text += f" (site setting: {CONFIG_SECTION}.{flag_name(spec)})"
+    return text
 
 
 def _shown_default(spec) -> bool:
@@ -92,17 +126,18 @@ def options_task(
         @functools.wraps(body)
         def wrapper(c, **kwargs):
             flags = {flag_name(f): kwargs.pop(flag_name(f), None) for f in specs}
-            for f in specs:
-                if f.metadata["site"]:
-                    flags[flag_name(f)] = site_setting(c, flag_name(f), flags[flag_name(f)])
             try:
                 ui.setup_logging(kwargs.get("verbose", False))
+                site = site_settings(c)
+                for f in specs:
+                    if f.metadata["site"] and flags[flag_name(f)] is None:
+                        flags[flag_name(f)] = site.get(flag_name(f))
                 return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
             except UserError as exc:
                 raise Exit(f"error: {exc}", code=1) from None
 
         wrapper.__signature__ = inspect.Signature(params)
-        helps = {flag_name(f): f.metadata["help"] for f in specs} | (help or {})
+        helps = {flag_name(f): _help(f) for f in specs} | (help or {})
         iterable = [flag_name(f) for f in specs if f.metadata["repeatable"]]
         return task(wrapper, help=helps, iterable=iterable, auto_shortflags=False)
 
@@ -298,6 +333,10 @@ def release(
     """Tag v<VERSION> (clean tree, not yet tagged, `nox -s lint tests` passing); --push images."""
     ui.setup_logging(verbose)
     registry = site_setting(c, "registry", registry)
+    if push:  # before the tests run: the images of this release must have been built
+        commands.release_record()
+        if dry_run:
+            commands.push(registry=registry, require_record=True, dry_run=True)
     release_mod.release(
         ROOT,
         push=push,

@@ -89,6 +89,22 @@ def build(
     return built
 
 
+def release_record(profile: str = DEFAULT_PROFILE) -> record_mod.BuildRecord:
+    """The build record of ``profile`` for the release in ``VERSION`` (what ``release --push``
+    pushes); raises UserError if nothing was built or the record is of another release."""
+    name = get_profile(profile).name
+    recorded = record_mod.load(name)
+    release = str(load_pins().release)
+    if recorded is None:
+        raise UserError(f"nothing was built for {name} yet: run `invoke build` first")
+    if recorded.release != release:
+        raise UserError(
+            f"the build record is of release {recorded.release} but VERSION says {release}: "
+            "run `invoke build` again"
+        )
+    return recorded
+
+
 def push(
     *,
     registry: str | None = None,
@@ -102,17 +118,7 @@ def push(
     Hub if None) under ``namespace`` (default: the one they were built in), and add the
     digests to the build record. ``require_record`` (``release --push``) refuses to push
     without a build record of the current release."""
-    name = get_profile(profile).name
-    recorded = record_mod.load(name)
-    if require_record:
-        release = str(load_pins().release)
-        if recorded is None:
-            raise UserError(f"nothing was built for {name} yet: run `invoke build` first")
-        if recorded.release != release:
-            raise UserError(
-                f"the build record is of release {recorded.release} but VERSION says {release}: "
-                "run `invoke build` again"
-            )
+    recorded = release_record(profile) if require_record else record_mod.load(profile)
     the_plan, _ = built_plan(profile=profile, images=images, namespace=namespace)
     remote_ns = namespace or the_plan.options.namespace
     pairs = push_mod.targets(the_plan, registry=registry, namespace=remote_ns)

@@ -7,6 +7,7 @@ here once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 #: The repository root (holds ``kilosort-docker.toml``, ``VERSION``, ``docker/``, ``matlab/``).
@@ -19,8 +20,9 @@ MATLAB_DIR = ROOT / "matlab"
 MEX_BINARIES_DIR = ROOT / "mex-binaries"
 #: Pass/fail thresholds of the ground-truth test, one TOML per sorter.
 THRESHOLDS_DIR = ROOT / "thresholds"
-#: Build records written by ``invoke build``: ``build/<profile>.json``.
-BUILD_RECORD_DIR = ROOT / "build"
+#: Build records written by ``invoke build``: ``build/<profile>.json``, or in the folder
+#: ``$KILOSORT_DOCKER_BUILD_RECORD_DIR`` names.
+BUILD_RECORD_DIR = Path(os.environ.get("KILOSORT_DOCKER_BUILD_RECORD_DIR") or ROOT / "build")
 
 # ---- inside the images ------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ def stack_table() -> Table:
     for column in ("image", "parent", "needs a license to run", "what it holds"):
         table.add_column(column)
     for spec in STACK:
-        parent = spec.parent or f"{spec.external_base} base image"
+        parent = spec.parent or spec.external_base
         table.add_row(spec.name, parent, "yes" if spec.needs_license else "no", spec.title)
     return table
 

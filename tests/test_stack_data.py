@@ -260,3 +260,36 @@ def test_every_task_flag_has_help():
         missing = [p for p in params if not task.help.get(p)]
         assert not missing, f"{name}: no help for {missing}"
         assert task.__doc__ or task.body.__doc__, name
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("kilosort_docker:\n  wheelhouse: 5\n", "kilosort_docker.wheelhouse must be a string"),
+        ("kilosort_docker:\n  namespace: [a, b]\n", "kilosort_docker.namespace must be a string"),
+        ("kilosort_docker:\n  namspace: mylab\n", "unknown setting kilosort_docker.namspace"),
+        ("kilosort_docker:\n  wheelhouse: /nonexistent\n", "kilosort_docker.wheelhouse"),
+    ],
+)
+def test_a_bad_site_setting_is_one_line_naming_it(tmp_path, setting, expected):
+    config = tmp_path / "invoke.yaml"
+    config.write_text(setting)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(paths.ROOT),
+         "--config", str(config), "build", "--dry-run", "--image", "kilosort4"],
+        cwd=tmp_path, capture_output=True, text=True, env=_env(),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_release_push_checks_the_record_before_anything_else(tmp_path):
+    """`release --push` (dry run or not) refuses at once when nothing was built for VERSION."""
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "release", "--dry-run", "--push"],
+        cwd=paths.ROOT, capture_output=True, text=True,
+        env={**_env(), "KILOSORT_DOCKER_BUILD_RECORD_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "run `invoke build` first" in done.stderr

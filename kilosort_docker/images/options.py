@@ -185,14 +185,19 @@ class BuildOptions:
         """Raise UserError for a path option that does not hold what it should."""
         if self.wheelhouse and not self.wheelhouse.is_dir():
             raise UserError(
-                f"wheelhouse {self.wheelhouse} is not a folder: pass a folder of .whl files"
+                f"wheelhouse {self.wheelhouse} is not a folder: pass a folder of .whl files "
+                "(--wheelhouse, or the site setting kilosort_docker.wheelhouse)"
             )
         if self.cuda_toolkit and not self.cuda_toolkit.is_dir():
             raise UserError(
-                f"--cuda-toolkit {self.cuda_toolkit} is not a folder: pass a CUDA toolkit"
+                f"CUDA toolkit {self.cuda_toolkit} is not a folder: pass a CUDA toolkit "
+                "(--cuda-toolkit, or the site setting kilosort_docker.cuda_toolkit)"
             )
         if self.ca_bundle and not self.ca_bundle.is_file():
-            raise UserError(f"CA bundle {self.ca_bundle} is not a file: pass a PEM file")
+            raise UserError(
+                f"CA bundle {self.ca_bundle} is not a file: pass a PEM file (--ca-bundle, or the "
+                "site setting kilosort_docker.ca_bundle)"
+            )
         if self.ca_bundle and "PRIVATE KEY" in self.ca_bundle.read_text(errors="replace"):
             raise UserError(
                 f"{self.ca_bundle} holds a private key: pass only public CA certificates"

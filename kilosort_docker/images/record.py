@@ -89,6 +89,11 @@ class BuildRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
+        """The inverse of :meth:`to_dict`; raises TypeError for a value of the wrong type."""
+        for image in data["images"]:
+            refs = image["refs"]
+            if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+                raise TypeError(f"refs of {image.get('name')!r} is not a list of references")
         return cls(
             profile=data["profile"],
             release=data["release"],
@@ -124,7 +129,7 @@ def load(profile: str, *, folder: Path | None = None) -> BuildRecord | None:
         return BuildRecord.from_dict(data)
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(
             f"{path} is not a build record ({type(exc).__name__}: {exc}): delete it and run "
             "`invoke build` again"

@@ -103,7 +103,7 @@ def size_budget_gb(profile) -> float:
 NAME = "kilosort4"
 TITLE = "Kilosort 4 (Python, PyTorch) for GPU or CPU; no license needed"
 BASE = ExternalBase(
-    label="Python base image",
+    label="python image (kilosort-docker.toml: python_base_image)",
     ref=lambda ctx: ctx.options.python_base_image or ctx.pins.python_base_image,
     flag="--python-base",
 )

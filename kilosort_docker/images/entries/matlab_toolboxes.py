@@ -43,7 +43,10 @@ def _toolboxes(target: ImageUnderTest) -> tuple[bool, str]:
 
 
 NAME = "matlab-toolboxes"
-TITLE = "MATLAB with the Parallel Computing, Signal Processing and Statistics toolboxes"
+TITLE = (
+    "MATLAB with the Parallel Computing, Signal Processing, and Statistics and Machine Learning "
+    "toolboxes"
+)
 BASE = ExternalBase(
     label="mathworks/matlab:<release>",
     ref=lambda ctx: ctx.profile.base_image,
