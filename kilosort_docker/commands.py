@@ -48,22 +48,18 @@ def built_plan(
     """
     recorded = record_mod.load(get_profile(profile).name)
     names = images or ([i.name for i in recorded.images] if recorded else None)
-    chosen: list[tuple[plan.BuildStep, Pins]] = []
-    first = None
+    default_namespace = load_pins().namespace
+    plans: list[plan.BuildPlan] = []
     for spec in STACK.build_order(names):
         entry = recorded.image(spec.name) if recorded else None
-        if entry and namespace not in (None, entry.options.namespace):
-            entry = None
-        options = (
-            entry.options
-            if entry
-            else BuildOptions.from_flags(profile=profile, namespace=namespace)
-        )
-        the_plan = plan.plan_for(replace(options, images=(spec.name,)))
-        first = first or the_plan
-        chosen.append((the_plan.step(spec.name), the_plan.pins))
-    assert first is not None  # build_order never returns an empty list
-    return replace(first, steps=tuple(step for step, _ in chosen)), chosen
+        if entry and namespace not in (None, entry.options.namespace or default_namespace):
+            entry = None  # another namespace: other images than the recorded ones
+        options = entry.options if entry else BuildOptions.from_flags(profile=profile)
+        if namespace and not entry:
+            options = replace(options, namespace=namespace)
+        plans.append(plan.plan_for(replace(options, images=(spec.name,))))
+    chosen = [(p.steps[-1], p.pins) for p in plans]
+    return replace(plans[0], steps=tuple(step for step, _ in chosen)), chosen
 
 
 def build(
