@@ -172,7 +172,7 @@ def build_mex(*, dry_run: bool = False, force: bool = False, **flags) -> Path | 
     Refuses to replace an existing folder unless ``force``; a failed build changes nothing.
     """
     the_plan = make_plan(images=["kilosort3"], compile_mex=True, **flags)
-    folder = plan.mex_binaries_folder(the_plan.options, the_plan.profile, the_plan.pins)
+    folder = the_plan.mex_binaries_folder
     build_plan = mexstage.mex_plan(the_plan)
     if dry_run:
         ui.console.print(
@@ -226,7 +226,7 @@ def verify_mex(
         target = Path(folder)
     else:
         the_plan = make_plan(profile=profile, images=["kilosort3"])
-        target = plan.mex_binaries_folder(the_plan.options, the_plan.profile, the_plan.pins)
+        target = the_plan.mex_binaries_folder
     if not (target / mex.MEX_MANIFEST_NAME).is_file():
         raise UserError(f"no mex binaries with a manifest in {target}: run `invoke build-mex`")
     problems = mex.verify_manifest(target)

@@ -16,10 +16,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kilosort_docker import mex, paths
 from kilosort_docker.errors import UserError
-from kilosort_docker.images.plan import BuildPlan, mex_binaries_folder
+
+if TYPE_CHECKING:
+    from kilosort_docker.images.plan import BuildPlan
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def mex_plan(plan: BuildPlan) -> mex.MexPlan:
 def committed_problems(plan: BuildPlan) -> list[str] | None:
     """None if there are no committed binaries for this build; else what is wrong with them
     (an empty list: usable)."""
-    folder = mex_binaries_folder(plan.options, plan.profile, plan.pins)
+    folder = plan.mex_binaries_folder
     if not folder.is_dir():
         return None
     problems = mex.verify_manifest(
@@ -96,7 +99,7 @@ def stage(plan: BuildPlan, context: Path) -> str:
     (toolkit / "cuda").mkdir(parents=True, exist_ok=True)
     shutil.copy2(DOCKER_DIR / "stage.sh", dest / "stage.sh")
     shutil.copy2(DOCKER_DIR / "install-cuda.sh", toolkit / "install-cuda.sh")
-    folder = mex_binaries_folder(plan.options, plan.profile, plan.pins)
+    folder = plan.mex_binaries_folder
     problems = None if plan.options.compile_mex else committed_problems(plan)
     if problems:
         raise UserError(

@@ -50,16 +50,17 @@ class BuildPlan:
     options: BuildOptions
     steps: tuple[BuildStep, ...]
 
+    @property
+    def mex_binaries_folder(self) -> Path:
+        """``mex-binaries/<profile>/<kilosort commit>/``: where ``invoke build-mex`` keeps the
+        mex files of this plan's profile and Kilosort commit."""
+        return PlanContext(self.profile, self.pins, self.options).mex_binaries_folder
+
     def step(self, name: str) -> BuildStep:
         for step in self.steps:
             if step.spec.name == name:
                 return step
         raise KeyError(name)
-
-
-def mex_binaries_folder(options: BuildOptions, profile: Profile, pins: Pins) -> Path:
-    """``mex-binaries/<profile>/<kilosort commit>/``: where ``invoke build-mex`` keeps them."""
-    return PlanContext(profile, pins, options).mex_binaries_folder
 
 
 def plan_for(options: BuildOptions, *, pins: Pins | None = None) -> BuildPlan:

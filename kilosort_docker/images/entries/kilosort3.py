@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from kilosort_docker import mex, paths
-from kilosort_docker.images import checks
+from kilosort_docker.images import checks, mexstage
 from kilosort_docker.images.checks import ImageUnderTest
 
 # The Kilosort3 images share their tags and labels.
@@ -77,8 +77,6 @@ def describe(ctx: PlanContext) -> list[str]:
 
 
 def stage(plan: BuildPlan, context: Path) -> dict[str, str]:
-    from kilosort_docker.images import mexstage  # it reads the plan module, which reads the stack
-
     mexstage.stage(plan, context)
     return {}
 
