@@ -123,15 +123,29 @@ def stack_table() -> Table:
 
 def profiles_table(default: str) -> Table:
     table = Table(title="Release profiles")
-    for column in ("profile", "MATLAB", "base image", "Ubuntu", "CUDA", "compiler", "gencode"):
+    columns = ("profile", "MATLAB", "base image", "Ubuntu", "CUDA", "compiler", "gencode", "values")
+    for column in columns:
         table.add_column(column)
     for name, p in PROFILES.items():
         label = f"{name} (default)" if name == default else name
         if not p.verified:
             label += " (inferred)"
         gencode = ", ".join(g.code for g in p.gencode)
+        # A profile not read off MathWorks' image says so in its own column, in red.
+        values = "verified" if p.verified else "[bold red]UNVERIFIED: inferred[/]"
         table.add_row(
-            label, p.matlab_release, p.base_image, p.ubuntu, p.cuda, p.host_compiler, gencode
+            label,
+            p.matlab_release,
+            p.base_image,
+            p.ubuntu,
+            p.cuda,
+            p.host_compiler,
+            gencode,
+            values,
+        )
+    if any(not p.verified for p in PROFILES.values()):
+        table.caption = (
+            "UNVERIFIED: values inferred from MathWorks' documentation, not read off the image"
         )
     return table
 

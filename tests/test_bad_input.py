@@ -45,6 +45,32 @@ def test_cuda_mismatch_names_the_right_version():
     assert "--cuda 11.2" in line
 
 
+@pytest.mark.parametrize(
+    ("task", "profile", "compiler", "cuda", "newest"),
+    [
+        ("build-mex", "r2022b", "g++-12", "11.2", 10),
+        ("build", "r2022b", "g++-11", "11.2", 10),
+        ("build-mex", "r2021a", "gcc-10", "11.0", 9),
+        ("build", "r2021a", "g++-10", "11.0", 9),
+    ],
+)
+def test_host_compiler_newer_than_the_toolkit_accepts(task, profile, compiler, cuda, newest):
+    # Refused before any work, dry runs included (nvcc's crt/host_config.h would stop with
+    # "unsupported GNU version" half-way through the build).
+    result = invoke(task, "--dry-run", "--profile", profile, "--host-compiler", compiler)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"CUDA {cuda} accepts gcc up to {newest}, not {compiler}" in line
+    assert f"--host-compiler g++-{newest}" in line
+
+
+@pytest.mark.parametrize("compiler", ["g++-10", "g++", "/usr/bin/g++-9"])
+def test_host_compiler_in_range_or_unknown_is_accepted(compiler):
+    result = invoke("build-mex", "--dry-run", "--profile", "r2022b", "--host-compiler", compiler)
+    assert result.returncode == 0, result.stderr
+    assert f"-ccbin {compiler} " in result.stdout
+
+
 def test_unknown_image():
     line = one_error_line(invoke("build", "--dry-run", "--image", "kilosort5"))
     assert "kilosort4" in line

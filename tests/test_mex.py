@@ -19,6 +19,7 @@ import sys
 import time
 import zipapp
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,21 @@ def test_r2022b_mexmpnu8_is_relocatable_and_device_linked(r2022b_plan):
                         "out/mexMPnu8.mexa64"]  # fmt: skip
 
 
+def test_r2022b_gpu_example_gets_mx_compat_64_as_mexcuda_does(r2022b_plan):
+    # mexcuda passes -DMX_COMPAT_64 even without -largeArrayDims (`mexcuda -v mexGPUExample.cu`):
+    # the example's compile carries exactly the defines of the Kilosort sources.
+    example = r2022b_plan.spec.source("mexGPUExample")
+    assert not example.large_array_dims
+    steps = _steps(r2022b_plan, "mexGPUExample")
+    src = f"{ML}/toolbox/parallel/gpu/extern/src/mex/mexGPUExample.cu"
+    assert steps["compile"] == [
+        f"{CU}/bin/nvcc", "-c", "-ccbin", "g++-10",
+        *MEXCUDA_DEFINES, *MEXCUDA_INCLUDES, *MEXCUDA_GENCODE, *MEXCUDA_HOST,
+        src, "-o", "obj/mexGPUExample/mexGPUExample.o",
+    ]  # fmt: skip
+    assert steps["compile-version"][4:8] == MEXCUDA_DEFINES
+
+
 def test_kilosort3_spec_matches_mexgpuall():
     spec = mex.get_spec("v3.0.2")
     by_name = {s.name: s for s in spec.sources}
@@ -248,6 +264,58 @@ def test_unsupported_targets_are_refused(cuda, target, message):
 )
 def test_supported_targets_pass(cuda, targets):
     assert [str(t) for t in mex.validate_gencode(cuda, targets)] == list(targets)
+
+
+# --------------------------------------------------------------------------------------------
+# Host compiler: the newest gcc each toolkit's crt/host_config.h accepts
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cuda", "compiler", "newest"),
+    [("11.0", "g++-10", 9), ("11.2", "g++-11", 10), ("11.2", "gcc-12", 10),
+     ("12.2", "g++-13", 12), ("11.2", "/usr/bin/g++-12", 10)],
+)  # fmt: skip
+def test_host_compiler_newer_than_the_toolkit_is_refused(cuda, compiler, newest):
+    with pytest.raises(UserError) as err:
+        mex.validate_host_compiler(cuda, compiler)
+    assert str(err.value) == (
+        f"CUDA {cuda} accepts gcc up to {newest}, not {compiler} (nvcc stops with "
+        f"'unsupported GNU version'): use --host-compiler g++-{newest} or older"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cuda", "compiler"),
+    [("11.0", "g++-9"), ("11.2", "g++-10"), ("11.2", "g++-8"), ("12.2", "gcc-12"),
+     ("11.2", "g++"), ("11.2", "clang++-18"), ("11.4", "g++-14")],
+)  # fmt: skip
+def test_host_compiler_in_range_or_not_judged_passes(cuda, compiler):
+    # A bare g++ (or another compiler) cannot be judged without running it; 11.4 is not in
+    # the table (11.4.0 and 11.4.1 differ).
+    assert mex.validate_host_compiler(cuda, compiler) == compiler
+
+
+def test_every_profile_compiler_passes_and_toolchain_checks_the_override():
+    for name in ("r2021a", "r2022b", "r2024a"):
+        profile = get_profile(name)
+        assert mex.toolchain_from_profile(profile).host_compiler == profile.host_compiler
+    assert mex.newest_gcc("11.2") == 10 and mex.newest_gcc("11.4") is None
+    with pytest.raises(UserError, match=r"CUDA 11\.2 accepts gcc up to 10, not g\+\+-12"):
+        mex.toolchain_from_profile(get_profile("r2022b"), host_compiler="g++-12")
+    chain = mex.toolchain_from_profile(get_profile("r2022b"))
+    with pytest.raises(UserError, match="accepts gcc up to 10"):
+        replace(chain, host_compiler="g++-11").validated()
+
+
+@needs_nvcc
+def test_host_compiler_table_matches_the_installed_nvcc():
+    header = Path(NVCC).resolve().parent.parent / "include" / "crt" / "host_config.h"
+    newest = mex.newest_gcc(_nvcc_cuda_version())
+    if newest is None or not header.is_file():
+        pytest.skip(f"CUDA {_nvcc_cuda_version()} not in the table, or no {header}")
+    limit = re.search(r"#if __GNUC__ > (\d+)", header.read_text())
+    assert limit and int(limit[1]) == newest
 
 
 @needs_nvcc

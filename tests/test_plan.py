@@ -158,3 +158,59 @@ def test_every_profile_is_consistent():
         assert profile.base_image.endswith(profile.name)
         assert profile.gencode[-1].is_ptx
         assert replace(profile).cuda == profile.cuda
+
+
+#: Runfile sha256 of each profile's CUDA toolkit: the public values in Spack's `cuda` package
+#: recipe (spack/spack, var/spack/repos/builtin/packages/cuda/package.py).
+SPACK_CUDA_RUNFILES = {
+    "r2021a": (
+        "11.0.3/local_installers/cuda_11.0.3_450.51.06_linux.run",
+        "b079c4e408adf88c3f1ffb8418a97dc4227c37935676b4bf4ca0beec6c328cc0",
+    ),
+    "r2022b": (
+        "11.2.2/local_installers/cuda_11.2.2_460.32.03_linux.run",
+        "0a2e477224af7f6003b49edfd2bfee07667a8148fe3627cfd2765f6ad72fa19d",
+    ),
+    "r2024a": (
+        "12.2.0/local_installers/cuda_12.2.0_535.54.03_linux.run",
+        "ecf3d2afadcbac029f0f4505785810d52d006e4b87ba79ff3f984336a2bbf518",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPACK_CUDA_RUNFILES))
+def test_every_profile_pins_its_cuda_runfile(name):
+    # URL and checksum name the same file, and that file is the profile's CUDA major.minor.
+    profile = get_profile(name)
+    tail, sha256 = SPACK_CUDA_RUNFILES[name]
+    assert profile.cuda_installer_url == (
+        f"https://developer.download.nvidia.com/compute/cuda/{tail}"
+    )
+    assert tail.startswith(profile.cuda + ".")
+    assert profile.cuda_installer_sha256 == sha256
+
+
+def test_dry_run_compiles_with_the_downloaded_toolkit(pins):
+    # With a pinned sha256 a new user's `invoke build` can build kilosort3: no warning, and
+    # the stage gets URL and checksum (docker/kilosort3/install-cuda.sh checks them).
+    for name, (tail, sha256) in SPACK_CUDA_RUNFILES.items():
+        step = plan.make_plan(get_profile(name), pins).step("kilosort3")
+        assert not any("cannot be built" in line for line in step.context_extras)
+        assert any("from NVIDIA's installer" in line for line in step.context_extras)
+        assert step.buildargs["CUDA_INSTALLER_SHA256"] == sha256
+        assert step.buildargs["CUDA_INSTALLER_URL"].endswith(tail)
+
+
+def test_profiles_table_marks_unverified_profiles():
+    from rich.console import Console
+
+    from kilosort_docker.ui import profiles_table
+
+    console = Console(width=250, record=True)
+    console.print(profiles_table("r2022b"))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines()
+            if line.startswith("│")}  # fmt: skip
+    assert "UNVERIFIED: inferred" in rows["r2024a (inferred)"]
+    assert "UNVERIFIED" not in rows["r2022b (default)"] and "verified" in rows["r2022b (default)"]
+    assert "UNVERIFIED: values inferred" in text

@@ -54,8 +54,8 @@ class Profile:
         image_size_budget_gb: the most the final Kilosort3 image may weigh, in GB (1e9 bytes).
         mpm_url: where the MATLAB Package Manager binary is downloaded from.
         cuda_installer_url: NVIDIA's runfile installer for ``cuda`` (toolkit only is installed).
-        cuda_installer_sha256: its pinned sha256; None until a maintainer has checked one, in
-            which case compiling needs ``--cuda-toolkit DIR``.
+        cuda_installer_sha256: its pinned sha256 (every shipped profile pins one); None means
+            compiling needs ``--cuda-toolkit DIR``.
         verified: False where a field is inferred rather than read off MathWorks' images.
     """
 

@@ -51,9 +51,11 @@ from kilosort_docker.mex.errors import MexBuildError
 from kilosort_docker.mex.gencode import (
     Gencode,
     as_gencode,
+    newest_gcc,
     parse_cuda_version,
     supported_architectures,
     validate_gencode,
+    validate_host_compiler,
 )
 from kilosort_docker.mex.make import build, first_error, run_make
 from kilosort_docker.mex.manifest import (
@@ -128,9 +130,11 @@ __all__ = [
     "render_makefile",
     "run_make",
     "sha256_file",
+    "newest_gcc",
     "supported_architectures",
     "toolchain_from_profile",
     "validate_gencode",
+    "validate_host_compiler",
     "verify_manifest",
     "write_makefile",
     "write_manifest",

@@ -74,9 +74,11 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
 
 
 def _compile_flags(chain: Toolchain, source: MexSource) -> list[str]:
+    # mexcuda passes -DMX_COMPAT_64 whether or not -largeArrayDims is given: large array
+    # dimensions are the default of its -R2017b API (MathWorks, mex and mexcuda reference,
+    # "-largeArrayDims" / "-R2017b"; `mexcuda -v mexGPUExample.cu` shows it).
     flags = [f"-D{d}" for d in source.defines]
-    if source.large_array_dims:
-        flags.append("-DMX_COMPAT_64")
+    flags.append("-DMX_COMPAT_64")
     flags += [*_API_DEFINES, _HOST_DEFINES]
     flags += [
         "-I$(MATLAB_ROOT)/extern/include",
@@ -91,10 +93,11 @@ def mex_steps(chain: Toolchain, source: MexSource) -> tuple[Step, ...]:
     """The commands mexcuda runs for one mex file, in order, with make-variable paths.
 
     Shape (R2022b, Linux): ``nvcc -c`` (``-dc`` for ``-dynamic``) with the user defines,
-    ``-DMX_COMPAT_64`` (``-largeArrayDims``), mexcuda's API defines, host defines, MATLAB's and
-    CUDA's include folders, the gencode list and the host options; ``c_mexapi_version.c``
-    compiled with the same defines and ``-DMATLAB_MEXCMD_RELEASE=R2017b``; for ``-dynamic`` an
-    ``nvcc -dlink`` against ``cudadevrt``; then the g++ link with MATLAB's version script.
+    ``-DMX_COMPAT_64`` (always: the default API's large array dims), mexcuda's API defines,
+    host defines, MATLAB's and CUDA's include folders, the gencode list and the host options;
+    ``c_mexapi_version.c`` compiled with the same defines and
+    ``-DMATLAB_MEXCMD_RELEASE=R2017b``; for ``-dynamic`` an ``nvcc -dlink`` against
+    ``cudadevrt``; then the g++ link with MATLAB's version script.
     Returns 3 steps (4 for ``-dynamic``); the last writes ``$(OUT_DIR)/<name>.mexa64``.
     """
     obj = f"$(OBJ_DIR)/{source.name}"

@@ -193,3 +193,44 @@ def validate_gencode(cuda_version: str, targets: Iterable[object]) -> tuple[Genc
     if not checked:
         raise UserError("empty gencode list: give at least one target, e.g. compute_80,sm_80")
     return tuple(checked)
+
+
+#: Newest GCC major version each CUDA toolkit (major, minor) accepts as host compiler: nvcc's
+#: ``crt/host_config.h`` stops with "unsupported GNU version! gcc versions later than N are not
+#: supported!" above it. Source: NVIDIA, ``include/crt/host_config.h`` of each toolkit, and the
+#: CUDA Installation Guide for Linux, "Supported Linux distributions" (GCC column). Toolkits
+#: not listed are not judged.
+_NEWEST_GCC: dict[tuple[int, int], int] = {
+    (11, 0): 9, (11, 1): 10, (11, 2): 10, (11, 3): 10,
+    (11, 5): 11, (11, 6): 11, (11, 7): 11, (11, 8): 11,
+    (12, 0): 12, (12, 1): 12, (12, 2): 12, (12, 3): 12,
+    (13, 0): 15,
+}  # fmt: skip
+
+
+def newest_gcc(cuda_version: str) -> int | None:
+    """The newest GCC major version CUDA ``cuda_version`` accepts, None where not known."""
+    return _NEWEST_GCC.get(parse_cuda_version(cuda_version))
+
+
+def compiler_gcc_major(compiler: str) -> int | None:
+    """The GCC major version named by ``g++-N`` / ``gcc-N`` (a path is allowed), else None:
+    a bare ``g++`` (or another compiler) cannot be judged without running it."""
+    match = re.fullmatch(r"(?:g\+\+|gcc)-(\d+)", compiler.strip().rsplit("/", 1)[-1])
+    return int(match[1]) if match else None
+
+
+def validate_host_compiler(cuda_version: str, compiler: str) -> str:
+    """Check that CUDA ``cuda_version``'s nvcc accepts ``compiler`` as host compiler; returns
+    it unchanged. Raises UserError naming the range, e.g. "CUDA 11.2 accepts gcc up to 10, not
+    g++-12: use --host-compiler g++-10 (or older)". Compilers whose version the name does not
+    give (``g++``, ``clang++``) and toolkits not in the table are accepted."""
+    major = compiler_gcc_major(compiler)
+    newest = newest_gcc(cuda_version)
+    if major is not None and newest is not None and major > newest:
+        version = _fmt_version(parse_cuda_version(cuda_version))
+        raise UserError(
+            f"CUDA {version} accepts gcc up to {newest}, not {compiler} (nvcc stops with "
+            f"'unsupported GNU version'): use --host-compiler g++-{newest} or older"
+        )
+    return compiler

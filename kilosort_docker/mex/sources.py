@@ -37,7 +37,8 @@ class MexSource:
         source: path of the ``.cu`` file relative to the make variable ``root``.
         root: ``SRC_DIR`` (Kilosort's ``CUDA`` folder) or ``MATLAB_ROOT`` (MATLAB's example).
         defines: extra ``-D`` macros (``ENABLE_STABLEMODE``), without the ``-D``.
-        large_array_dims: mexcuda ``-largeArrayDims`` (adds ``-DMX_COMPAT_64``).
+        large_array_dims: whether the mexcuda call gives ``-largeArrayDims`` (recorded in the
+            manifest; ``-DMX_COMPAT_64`` is passed either way, as mexcuda does).
         dynamic: mexcuda ``-dynamic``: relocatable device code (``-dc``), then ``nvcc -dlink``
             against ``cudadevrt`` and a link with ``-lcudadevrt``.
         includes: helper sources the ``.cu`` ``#include``s (same folder); checked for presence,

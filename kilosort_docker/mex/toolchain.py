@@ -12,7 +12,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 
-from kilosort_docker.mex.gencode import Gencode, as_gencode, validate_gencode
+from kilosort_docker.mex.gencode import (
+    Gencode,
+    as_gencode,
+    validate_gencode,
+    validate_host_compiler,
+)
 from kilosort_docker.mex.sources import MexSpec
 
 
@@ -43,8 +48,9 @@ class Toolchain:
         object.__setattr__(self, "gencode", tuple(as_gencode(g) for g in self.gencode))
 
     def validated(self) -> Toolchain:
-        """Self with a checked, de-duplicated gencode list; raises UserError (see
-        :func:`validate_gencode`)."""
+        """Self with a checked, de-duplicated gencode list and a checked host compiler; raises
+        UserError (see :func:`validate_gencode` and :func:`validate_host_compiler`)."""
+        validate_host_compiler(self.cuda_version, self.host_compiler)
         return replace(self, gencode=validate_gencode(self.cuda_version, self.gencode))
 
     def to_dict(self) -> dict:
@@ -74,7 +80,8 @@ def toolchain_from_profile(
     The profile needs ``name``, ``matlab_root``, ``cuda_root``, ``cuda``, ``host_compiler``
     and ``gencode`` (``gpu_mex_library`` is optional). ``extra_gencode`` holds ``--gencode``
     values (strings like ``compute_90,compute_90`` or Gencode objects), appended after the
-    profile's. Raises UserError where the profile's CUDA version cannot emit a target.
+    profile's. Raises UserError where the profile's CUDA version cannot emit a target or does
+    not accept the host compiler.
     """
     chain = Toolchain(
         profile=profile.name,  # type: ignore[attr-defined]

@@ -33,10 +33,10 @@ DRIVER_LIBRARIES = ("libcuda.so", "libnvidia-")
 
 def buildargs(ctx: PlanContext) -> dict[str, str]:
     """The stage's build args; raises UserError where the profile's CUDA cannot emit a
-    ``--gencode`` target."""
+    ``--gencode`` target or does not accept the host compiler (``--host-compiler`` or the
+    profile's own), dry runs included."""
     profile, options = ctx.profile, ctx.options
-    if options.gencode:
-        mex.toolchain_from_profile(profile, options.gencode, host_compiler=options.host_compiler)
+    mex.toolchain_from_profile(profile, options.gencode, host_compiler=options.host_compiler)
     return {
         "TOOLKIT_BASE_IMAGE": ctx.refs["matlab-toolboxes"],
         "KILOSORT_DIR": paths.KILOSORT_DIR,
