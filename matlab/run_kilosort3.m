@@ -6,6 +6,11 @@ function run_kilosort3(data_dir, out_dir)
     %   Kilosort 3.0.2 pipeline and writes the phy files, rez.mat (without
     %   the large per-spike arrays) and ks_run.json into OUT_DIR.
     %
+    %   OUT_DIR is a phy folder phy can open: it keeps Kilosort's whitened,
+    %   filtered copy of the recording (ops.fproc, temp_wh.dat) and params.py
+    %   names it relative to the folder (rezToPhy2 would write the absolute
+    %   in-container path).
+    %
     %   Path-free: relative names in ops are resolved against DATA_DIR and
     %   OUT_DIR at run time. Kilosort 3 and npy-matlab must be on the MATLAB
     %   path, or their folders named by the environment variables
@@ -40,7 +45,9 @@ function run_kilosort3(data_dir, out_dir)
         seed = double(ops.seed);
     end
     rng(seed, 'twister');
-    gpurng(seed, 'Philox4x32-10');
+    % Generator names gpurng documents: 'Threefry', 'Philox', 'CombRecursive'
+    % (MathWorks, Parallel Computing Toolbox, gpurng reference page).
+    gpurng(seed, 'Philox');
     fprintf('run_kilosort3: GPU %s (compute %s)\n', gpu.Name, gpu.ComputeCapability);
 
     started = tic;
@@ -51,15 +58,52 @@ function run_kilosort3(data_dir, out_dir)
     [rez, st3, tF] = trackAndSort(rez);
     rez = final_clustering(rez, tF, st3);
     rez = find_merges(rez, 1);
+    % rezToPhy2 leaves an existing params.py alone: write a fresh one.
+    params_file = fullfile(out_dir, 'params.py');
+    if isfile(params_file)
+        delete(params_file);
+    end
     rezToPhy2(rez, out_dir);
     seconds = toc(started);
 
     save_rez(rez, out_dir);
-    if isfile(ops.fproc)
-        delete(ops.fproc);
-    end
+    point_phy_at_whitened(params_file, ops.fproc, rez.ops.Nchan);
     write_run_info(out_dir, seconds, gpu, size(rez.st3, 1));
     fprintf('run_kilosort3: sorted in %.1f s\n', seconds);
+end
+
+function point_phy_at_whitened(params_file, fproc, n_channels)
+    % POINT_PHY_AT_WHITENED Make params.py name the whitened file relative to
+    % the phy folder.
+    %
+    %   Kilosort 3.0.2's utils/rezToPhy2.m writes dat_path = ops.fproc (an
+    %   absolute path inside the container), n_channels_dat = ops.Nchan,
+    %   dtype 'int16' and hp_filtered = True: all true of the whitened file
+    %   ops.fproc, which is kept next to params.py. phy resolves a relative
+    %   dat_path against the folder of params.py.
+    [folder, name, ext] = fileparts(fproc);
+    if ~strcmp(folder, fileparts(params_file))
+        error('run_kilosort3:fproc', ...
+              'the whitened file %s is not in the phy folder', fproc);
+    end
+    info = dir(fproc);
+    if isempty(info) || mod(info.bytes, 2 * n_channels) ~= 0
+        error('run_kilosort3:fproc', ...
+              'the whitened file %s is missing or not %d int16 channels', ...
+              fproc, n_channels);
+    end
+    lines = splitlines(string(fileread(params_file)));
+    is_path = startsWith(lines, 'dat_path');
+    if nnz(is_path) ~= 1
+        error('run_kilosort3:params', 'no single dat_path line in %s', params_file);
+    end
+    lines(is_path) = "dat_path = '" + string([name, ext]) + "'";
+    fid = fopen(params_file, 'w');
+    if fid < 0
+        error('run_kilosort3:write', 'cannot rewrite %s', params_file);
+    end
+    cleaner = onCleanup(@() fclose(fid));
+    fprintf(fid, '%s\n', strjoin(lines(strlength(lines) > 0), newline));
 end
 
 function add_env_folders(variables)

@@ -117,7 +117,12 @@ def test_base_image_missing(docker_client):
 @pytest.mark.docker
 @pytest.mark.parametrize(
     ("mpm", "expected"),
-    [("mpm-failing", "stand-in-log-marker"), ("mpm-silent-failure", "mpm left no log")],
+    [
+        ("mpm-failing", "stand-in-log-marker"),
+        # MPM logs in the TMPDIR install-toolboxes.sh gives it, not only in /tmp.
+        ("mpm-failing-tmpdir", "stand-in-tmpdir-log-marker"),
+        ("mpm-silent-failure", "mpm left no log"),
+    ],
 )
 def test_failing_run_step_leaves_no_tag(docker_client, matlab_standin, mpm_server, mpm, expected):
     namespace = f"kilosort-docker-test-{mpm}"

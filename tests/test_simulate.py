@@ -150,7 +150,7 @@ def test_ops_follow_kilosort_302(sim):
     expected = {
         "fshigh": 300,
         "minfr_goodchannels": 0.1,
-        "lam": 10,
+        "lam": 20,  # configFile384.m at v3.0.2 (10 was wrong: issue 10)
         "AUCsplit": 0.8,
         "minFR": 1 / 50,
         "sigmaMask": 30,

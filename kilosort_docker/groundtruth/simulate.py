@@ -52,7 +52,7 @@ from kilosort_docker.errors import UserError
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the files written by :func:`simulate` change meaning; part of the cache key.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: ops.lam = 20 (configFile384.m at v3.0.2)
 
 #: Number of samples in Kilosort 3's symmetric buffer (``ops.ntbuff``).
 KS3_NTBUFF = 64
@@ -227,7 +227,7 @@ def kilosort3_ops(n_channels: int, fs: float, *, seed: int = 1) -> dict[str, Any
         "fshigh": 300.0,
         "minfr_goodchannels": 0.1,
         "Th": [9.0, 9.0],
-        "lam": 10.0,
+        "lam": 20.0,  # configFile384.m at v3.0.2: ops.lam = 20
         "AUCsplit": 0.8,
         "minFR": 1 / 50,
         "momentum": [20.0, 400.0],
