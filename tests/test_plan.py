@@ -214,3 +214,12 @@ def test_profiles_table_marks_unverified_profiles():
     assert "UNVERIFIED: inferred" in rows["r2024a (inferred)"]
     assert "UNVERIFIED" not in rows["r2022b (default)"] and "verified" in rows["r2022b (default)"]
     assert "UNVERIFIED: values inferred" in text
+
+
+def test_r2024a_is_an_ubuntu_22_04_profile_marked_unverified():
+    # MathWorks' R2024a image is built on Ubuntu 22.04 (its gcc is 11, which CUDA 12.2
+    # accepts); the values are inferred, not read off the image, so the profile says so.
+    profile = get_profile("r2024a")
+    assert (profile.ubuntu, profile.host_compiler, profile.cuda) == ("22.04", "g++-11", "12.2")
+    assert profile.verified is False
+    assert all(p.verified for name, p in PROFILES.items() if name != "r2024a")
