@@ -36,7 +36,10 @@ def buildargs(ctx: PlanContext) -> dict[str, str]:
     ``--gencode`` target or does not accept the host compiler (``--host-compiler`` or the
     profile's own), dry runs included."""
     profile, options = ctx.profile, ctx.options
-    mex.toolchain_from_profile(profile, options.gencode, host_compiler=options.host_compiler)
+    if options.gencode:
+        mex.toolchain_from_profile(profile, options.gencode, host_compiler=options.host_compiler)
+    else:  # the host compiler is checked always (its own, or --host-compiler)
+        mex.validate_host_compiler(profile.cuda, options.host_compiler or profile.host_compiler)
     return {
         "TOOLKIT_BASE_IMAGE": ctx.refs["matlab-toolboxes"],
         "KILOSORT_DIR": paths.KILOSORT_DIR,
