@@ -201,11 +201,12 @@ def validate_gencode(cuda_version: str, targets: Iterable[object]) -> tuple[Genc
 #: CUDA Installation Guide for Linux, "Supported Linux distributions" (GCC column). Toolkits
 #: not listed are not judged.
 _NEWEST_GCC: dict[tuple[int, int], int] = {
-    (11, 0): 9, (11, 1): 10, (11, 2): 10, (11, 3): 10,
-    (11, 5): 11, (11, 6): 11, (11, 7): 11, (11, 8): 11,
-    (12, 0): 12, (12, 1): 12, (12, 2): 12, (12, 3): 12,
-    (13, 0): 15,
-}  # fmt: skip
+    (11, 0): 9,  # the profiles' toolkits, checked against their host_config.h
+    (11, 2): 10,
+    (11, 8): 11,  # Debian's nvidia-cuda-toolkit 11.8 (its nvcc needs g++-11 or older)
+    (12, 2): 12,
+    (13, 0): 15,  # this project's test machines' toolkit
+}
 
 
 def newest_gcc(cuda_version: str) -> int | None:
