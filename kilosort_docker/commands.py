@@ -243,14 +243,22 @@ def verify_mex(
 
 
 def check_gpu(
-    *, image: str | None = None, license: str | None = None, mac_address: str | None = None
+    *,
+    image: str | None = None,
+    license: str | None = None,
+    mac_address: str | None = None,
+    gpu: bool = True,
 ) -> None:
     """Run matlab/check_gpu.m (gpuDevice, then mexGPUExample on ones(4,4)) in the kilosort3
     image on every GPU, or with the local MATLAB when ``image`` is None, through
     :func:`kilosort_docker.matlab.run_batch` (MATLAB's output goes to the log, license redacted).
 
-    Raises UserError without a license (``MLM_LICENSE_FILE``), Docker engine or MATLAB, or when
-    the check fails.
+    In the image MATLAB runs as the image's own user with 512 MB of shared memory and, on a
+    GPU newer than the release supports, CUDA forward compatibility (all decided by
+    ``run_batch``). ``gpu=False`` starts the container without GPUs (tests on stand-ins).
+
+    Raises UserError without a license (``MLM_LICENSE_FILE``, any FlexLM form), Docker engine
+    or MATLAB, or when the check fails.
     """
     from kilosort_docker import matlab
     from kilosort_docker.paths import MATLAB_DIR
@@ -273,7 +281,7 @@ def check_gpu(
         raise UserError(f"{image} is not built: run `invoke build --image kilosort3` first")
     try:
         matlab.run_batch(
-            "check_gpu", image=image, license=lic, mac_address=mac_address, client=client
+            "check_gpu", image=image, license=lic, mac_address=mac_address, gpu=gpu, client=client
         )
     except matlab.MatlabError as exc:
         raise UserError(f"check_gpu failed in {image}: {str(exc).splitlines()[0]}") from None

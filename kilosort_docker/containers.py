@@ -104,6 +104,7 @@ def run(
     mac_address: str | None = None,
     user: str | None = None,
     as_host_user: bool = False,
+    shm_size: str | int | None = None,
     redact: Sequence[str] = (),
     tail_lines: int = 20,
     client: docker.DockerClient | None = None,
@@ -129,6 +130,8 @@ def run(
             (:func:`host_user` gives the caller's own).
         as_host_user: instead of ``user``, make the output files the caller's (see
             :func:`host_user`; its variables fill in what ``environment`` does not set).
+        shm_size: size of the container's ``/dev/shm`` (``docker run --shm-size``), e.g.
+            ``"512m"`` or bytes; None keeps Docker's default (64 MB).
         redact: strings (license values, tokens) replaced by ``***`` in the logged output,
             the returned output and the error messages.
         tail_lines: how many trailing lines :attr:`ContainerResult.tail` keeps.
@@ -166,6 +169,8 @@ def run(
         kwargs["mac_address"] = mac_address
     if user:
         kwargs["user"] = user
+    if shm_size is not None:
+        kwargs["shm_size"] = shm_size
 
     client = client or engine.connect()
     log.info("docker run %s (gpu=%s, network=%s)", image, gpu, network)

@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from kilosort_docker import commands, containers, engine, matlab
+from kilosort_docker import commands, engine, matlab
 from kilosort_docker.errors import UserError
 from kilosort_docker.groundtruth.sorters import SortError, run_kilosort3_container
 from kilosort_docker.paths import LICENSE_MOUNT, MATLAB_DIR
@@ -26,6 +26,14 @@ SERVER = "27000@licsrv.invalid"
 def license_file(tmp_path):
     path = tmp_path / "secret-name.lic"
     path.write_text("SERVER licsrv 0123456789AB 27000\n")
+    return path
+
+
+@pytest.fixture
+def hostlocked_file(tmp_path):
+    """A host-locked license file: no SERVER line, so no server and no network."""
+    path = tmp_path / "hostlocked.lic"
+    path.write_text("INCREMENT MATLAB MLM 99 permanent uncounted HOSTID=0123456789ab\n")
     return path
 
 
@@ -52,12 +60,12 @@ def test_license_access_and_network_need(license_file):
     server = matlab.resolve_license(SERVER)
     assert server.needs_network and server.container_access() == ({}, {"MLM_LICENSE_FILE": SERVER})
     lic = matlab.resolve_license(str(license_file))
-    assert not lic.needs_network
+    assert lic.needs_network  # its SERVER line names a license server
     assert lic.container_access() == (
         {str(license_file): {"bind": LICENSE_MOUNT, "mode": "ro"}},
         {"MLM_LICENSE_FILE": LICENSE_MOUNT},
     )
-    assert str(license_file) not in repr(lic)
+    assert str(license_file) not in repr(lic) and "licsrv" not in repr(lic)
 
 
 def test_host_license_from_installation(tmp_path, monkeypatch):
@@ -128,13 +136,13 @@ def test_container_batch_server_license(caplog):
     assert out == "Licensing MATLAB using ***." and "licsrv" not in caplog.text
 
 
-def test_container_batch_license_file_has_no_network(license_file):
+def test_container_batch_license_file_has_no_network(hostlocked_file):
     client = FakeClient()
-    lic = matlab.resolve_license(str(license_file))
+    lic = matlab.resolve_license(str(hostlocked_file))
     matlab.run_batch("x", image="ks3", license=lic, gpu=False, client=client)
     _, kw = client.calls[0]
     assert kw["network_mode"] == "none" and "device_requests" not in kw
-    assert kw["volumes"][str(license_file)] == {"bind": LICENSE_MOUNT, "mode": "ro"}
+    assert kw["volumes"][str(hostlocked_file)] == {"bind": LICENSE_MOUNT, "mode": "ro"}
     assert kw["environment"]["MLM_LICENSE_FILE"] == LICENSE_MOUNT
     # a host-locked license file: the network is kept for the MAC address
     matlab.run_batch("x", image="ks3", license=lic, mac_address="02:42:ac:11:00:02", client=client)
@@ -142,19 +150,23 @@ def test_container_batch_license_file_has_no_network(license_file):
     assert "network_mode" not in kw and kw["mac_address"] == "02:42:ac:11:00:02"
 
 
-def test_container_batch_runs_as_host_user(monkeypatch, tmp_path):
-    monkeypatch.setattr(containers.os, "getuid", lambda: 1234)
-    monkeypatch.setattr(containers.os, "getgid", lambda: 99)
+def test_container_batch_runs_as_image_user_and_hands_back(monkeypatch, tmp_path):
+    """No --user, no HOME: MathWorks' run.sh supports only the image's user; the rw folder is
+    opened for it, then a root chown container hands the files to the caller."""
+    monkeypatch.setattr(matlab.os, "getuid", lambda: 1234)
+    monkeypatch.setattr(matlab.os, "getgid", lambda: 99)
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
     client = FakeClient()
-    volumes = {str(tmp_path): {"bind": "/out", "mode": "rw"}}
+    volumes = {str(out): {"bind": "/out", "mode": "rw"}}
     matlab.run_batch("x", image="i", license=matlab.License(SERVER), volumes=volumes, client=client)
-    _, kw = client.calls[0]
-    assert kw["user"] == "1234:99" and kw["environment"]["HOME"] == "/tmp"
-    assert kw["volumes"][str(tmp_path)] == {"bind": "/out", "mode": "rw"}
-    matlab.run_batch(
-        "x", image="i", license=matlab.License(SERVER), as_host_user=False, client=client
-    )
-    assert "user" not in client.calls[1][1]
+    (_, kw), (image, chown) = client.calls
+    assert "user" not in kw and "HOME" not in kw["environment"]
+    assert kw["shm_size"] == "512m" and kw["volumes"][str(out)] == {"bind": "/out", "mode": "rw"}
+    assert image == "i" and chown["entrypoint"] == ["chown", "-R"] and chown["user"] == "0"
+    assert chown["command"][0] == "1234:99" and chown["network_mode"] == "none"
+    assert list(chown["volumes"]) == [str(out)]
+    assert (out.stat().st_mode & 0o777) == 0o750  # the mode is given back too
 
 
 def test_container_batch_failure_and_missing_license():
@@ -212,14 +224,14 @@ def test_check_gpu_without_license(monkeypatch):
 
 
 @pytest.mark.docker
-def test_real_license_file_mounted_read_only_no_network(probe_image, license_file):
+def test_real_license_file_mounted_read_only_no_network(probe_image, hostlocked_file):
     client, image = probe_image
-    lic = matlab.resolve_license(str(license_file))
+    lic = matlab.resolve_license(str(hostlocked_file))
     out = matlab.run_batch("disp(1)", image=image, license=lic, gpu=False, client=client)
     out = out.splitlines()
     assert out == [
         f"Licensing MATLAB using license file {LICENSE_MOUNT}.",
-        "license file: SERVER licsrv 0123456789AB 27000",
+        "license file: INCREMENT MATLAB MLM 99 permanent uncounted HOSTID=0123456789ab",
         "license file: read-only",
         "interfaces: lo",
         "batch: disp(1)",

@@ -81,7 +81,7 @@ def test_license_forms(monkeypatch, tmp_path):
     assert resolve_license(str(lic)).kind == "file"
     monkeypatch.setenv("MLM_LICENSE_FILE", "1234@host")
     assert resolve_license().server == ("host", 1234)
-    with pytest.raises(UserError, match="neither port@host nor an existing file"):
+    with pytest.raises(UserError, match="license file MLM_LICENSE_FILE names does not exist"):
         resolve_license(str(tmp_path / "missing.lic"))
 
 

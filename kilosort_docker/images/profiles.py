@@ -57,6 +57,9 @@ class Profile:
         cuda_installer_sha256: its pinned sha256 (every shipped profile pins one); None means
             compiling needs ``--cuda-toolkit DIR``.
         verified: False where a field is inferred rather than read off MathWorks' images.
+        max_compute_capability: the newest GPU compute capability (``"X.Y"``) the release
+            supports natively (MathWorks' "GPU Computing Requirements"); a newer GPU needs
+            MATLAB's CUDA forward compatibility.
     """
 
     name: str
@@ -73,6 +76,7 @@ class Profile:
     cuda_installer_sha256: str | None = None
     verified: bool = True
     toolboxes: tuple[str, ...] = field(default=TOOLBOXES)
+    max_compute_capability: str | None = None
 
     @property
     def matlab_root(self) -> str:

@@ -106,10 +106,20 @@ def make_matlab_root(dest: str | os.PathLike) -> Path:
     return _make_root().make_matlab_root(dest)
 
 
+def tini_for_standin() -> Path:
+    """The ``tini`` of the stand-in MATLAB base: Debian's static tini (package ``tini``) from
+    this host when it has one, else ``tests/standins/matlab-base/tini-standin.sh``."""
+    for candidate in ("/usr/bin/tini-static", "/usr/sbin/tini-static"):
+        if os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return STANDINS / "matlab-base" / "tini-standin.sh"
+
+
 def build_matlab_standin(client, debian_base: str, context: Path) -> str:
     """The stand-in MATLAB base image, with the stand-in mex API in its root, built from
     ``context`` (a new or empty scratch folder) on ``debian_base``; returns its tag."""
     shutil.copytree(STANDINS / "matlab-base", context, dirs_exist_ok=True)
+    shutil.copy2(tini_for_standin(), context / "tini")
     make_matlab_root(context / "matlab-root")
     return build_dockerfile(
         client,

@@ -37,18 +37,22 @@ def run_kilosort3_container(
 
     The data folder is mounted read-only at ``/data``, ``out_dir`` at ``/out``, this
     repository's ``matlab/`` at ``/opt/kilosort-docker/matlab``. A license file is mounted
-    read-only at ``/licenses/license.lic``; a server is passed as ``MLM_LICENSE_FILE``. The
-    container keeps its network only for a license server (or a host-locked license with
-    ``mac_address``); with a license file it runs with no network.
+    read-only at ``/licenses/license.lic`` (a folder of ``.lic`` files at ``/licenses``); a
+    server form (``port@host``, ``@host``, a triad, a colon-separated list) is passed as
+    ``MLM_LICENSE_FILE`` unchanged. The container keeps its network only when the license names
+    a server (a server form, or ``SERVER`` lines in the file) or for a host-locked license with
+    ``mac_address``. MATLAB runs as the image's own user; the files it writes to ``out_dir``
+    are handed back to the caller's uid:gid afterwards (see
+    :func:`kilosort_docker.matlab.run_batch`).
 
     Args:
         image: image tag, e.g. ``kilosort3:3.0.2``.
-        license: ``port@host`` or a license file; default ``$MLM_LICENSE_FILE``.
+        license: any ``MLM_LICENSE_FILE`` form FlexLM accepts; default ``$MLM_LICENSE_FILE``.
         batch_options: go to :func:`kilosort_docker.matlab.run_batch` as they are:
             ``mac_address`` (the licensed MAC address of a host-locked license),
             ``matlab_command`` (argv placed before ``-batch``: empty when the image's
             entrypoint is MATLAB, as in ``mathworks/matlab``; ``("matlab",)`` otherwise),
-            ``client``.
+            ``client``, ``gpu``.
 
     Raises:
         UserError: no license, missing inputs, no Docker engine, unknown image.
