@@ -166,9 +166,14 @@ class License:
                     return None
             except OSError:
                 continue
+        which = (
+            f"the license server (port {self.servers[0][1] or DEFAULT_PORT}) does not answer"
+            if len(self.servers) == 1
+            else f"none of the {len(self.servers)} license servers answers"
+        )
         return (
-            f"none of the {len(self.servers)} license server(s) the license names answers: "
-            "check the license manager and this machine's network, or pass another --license"
+            f"{which}: check the license manager and this machine's network, or pass another "
+            "--license"
         )
 
 

@@ -135,7 +135,9 @@ def test_preflight_probes_servers_in_order_and_names_the_one_that_answered(caplo
     assert f"license server 2 of 2 (port {port}) answered" in caplog.text
     assert "127.0.0.1" not in caplog.text
     reason = matlab.resolve_license(f"{dead}@127.0.0.1").reachable(timeout_s=2)
-    assert reason.startswith("none of the 1 license server(s)") and "127.0.0.1" not in reason
+    assert reason.startswith(f"the license server (port {dead}) does not answer")
+    reason = matlab.resolve_license(f"{dead}@127.0.0.1:@127.0.0.1").reachable(timeout_s=2)
+    assert reason.startswith("none of the 2 license servers answers") and "127.0.0.1" not in reason
 
 
 # --------------------------------------------------------------------------- redaction
