@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a Debian/Ubuntu host for kilosort-docker: Docker Engine (started if not running),
-# Debian's registry and debootstrap (used by the tests), git, and this package with its tools.
+# Debian's registry, debootstrap and tini (used by the tests), git, and this package with its tools.
 # Run as root. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker-registry >/dev/null || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# the stand-in MATLAB base of the tests starts like MathWorks' image: tini -> run.sh
+command -v tini-static >/dev/null || need+=(tini)
 command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then
