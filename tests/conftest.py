@@ -184,3 +184,18 @@ def probe_image(docker_client, tmp_path_factory):
     yield docker_client, tag
     with contextlib.suppress(Exception):
         docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="session")
+def shared_mirrors() -> dict[str, Path]:
+    """The shallow mirrors of the pinned Kilosort and npy-matlab (``../shared/mirrors``, or the
+    folder ``KILOSORT_DOCKER_MIRRORS`` names), used as an air-gapped site would use its own.
+    Missing: a skip naming the reason, a failure under ``KILOSORT_DOCKER_REQUIRE_DOCKER=1``."""
+    folder = Path(
+        os.environ.get("KILOSORT_DOCKER_MIRRORS") or support.REPO_ROOT.parent / "shared" / "mirrors"
+    )
+    found = {name: folder / f"{name}.git" for name in ("Kilosort", "npy-matlab")}
+    absent = [str(p) for p in found.values() if not p.is_dir()]
+    if absent:
+        _missing(f"the upstream mirrors are absent ({', '.join(absent)})")
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -37,19 +38,42 @@ def mirror(repository: str, *, cache: Path | None = None) -> Path:
         repository = str(Path(repository).expanduser().resolve())
     key = hashlib.sha256(repository.encode()).hexdigest()[:16]
     target = cache / f"{Path(repository.rstrip('/')).stem}-{key}.git"
+    source = _with_refs(Path(repository), cache / f"{target.stem}.source.git")
     try:
         if target.exists():
             log.info("updating mirror of %s", repository)
-            git.output("--git-dir", str(target), "fetch", "--prune", "--tags", "origin")
+            git.output("--git-dir", str(target), "fetch", "--prune", "--tags", source)
         else:
             log.info("mirroring %s", repository)
-            git.output("clone", "--mirror", "--quiet", repository, str(target))
+            git.output("clone", "--mirror", "--quiet", source, str(target))
     except git.GitError as exc:
         raise UserError(
             f"cannot fetch {repository} ({exc.message}): check the network, or pass a local "
             "mirror with --kilosort-repo / --npy-matlab-repo"
         ) from None
     return target
+
+
+def _with_refs(repository: Path, copy: Path) -> str:
+    """``repository`` as git can clone it. A bare repository copied without its empty folders
+    (``refs/`` holds nothing when every ref is in ``packed-refs``) is not recognised by git
+    ("repository does not exist"): such a mirror is copied to ``copy`` with ``refs/``
+    restored, and the copy is used. Anything else (a URL, a complete repository) is
+    returned as it is."""
+    if not repository.is_dir() or (repository / "refs").is_dir():
+        return str(repository)
+    if not ((repository / "HEAD").is_file() and (repository / "objects").is_dir()):
+        return str(repository)
+    log.warning(
+        "%s has no refs/ folder (lost in a copy?): using a copy with it restored", repository
+    )
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repository, copy)
+    for folder in (copy, *(p for p in copy.rglob("*") if p.is_dir())):
+        folder.chmod(0o755)
+    (copy / "refs" / "heads").mkdir(parents=True)
+    (copy / "refs" / "tags").mkdir()
+    return str(copy)
 
 
 def resolve(pin: GitPin, git_dir: Path) -> str:
