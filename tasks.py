@@ -84,6 +84,19 @@ def site_setting(c, key: str, given=None):
     return site_settings(c).get(key)
 
 
+def user_errors(func: Callable) -> Callable:
+    """Turn a UserError into invoke's Exit: one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+
+    return wrapper
+
+
 def _help(spec) -> str:
     """An option's help, naming its site setting where it has one."""
     text = spec.metadata["help"]
@@ -124,17 +137,15 @@ def options_task(
         ]
 
         @functools.wraps(body)
+        @user_errors
         def wrapper(c, **kwargs):
             flags = {flag_name(f): kwargs.pop(flag_name(f), None) for f in specs}
-            try:
-                ui.setup_logging(kwargs.get("verbose", False))
-                site = site_settings(c)
-                for f in specs:
-                    if f.metadata["site"] and flags[flag_name(f)] is None:
-                        flags[flag_name(f)] = site.get(flag_name(f))
-                return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
-            except UserError as exc:
-                raise Exit(f"error: {exc}", code=1) from None
+            ui.setup_logging(kwargs.get("verbose", False))
+            site = site_settings(c)
+            for f in specs:
+                if f.metadata["site"] and flags[flag_name(f)] is None:
+                    flags[flag_name(f)] = site.get(flag_name(f))
+            return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)
         helps = {flag_name(f): _help(f) for f in specs} | (help or {})
@@ -142,19 +153,6 @@ def options_task(
         return task(wrapper, help=helps, iterable=iterable, auto_shortflags=False)
 
     return decorate
-
-
-def user_errors(func: Callable) -> Callable:
-    """Turn a UserError into invoke's Exit: one line on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except UserError as exc:
-            raise Exit(f"error: {exc}", code=1) from None
-
-    return wrapper
 
 
 @options_task(

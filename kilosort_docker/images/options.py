@@ -172,11 +172,7 @@ class BuildOptions:
             if value is None or value == () or value == []:
                 continue
             spec = by_flag[key]
-            if spec.metadata["path"]:
-                value = Path(value)
-            if spec.metadata["repeatable"]:
-                value = tuple(value)
-            values[spec.name] = value
+            values[spec.name] = _coerce(spec, value)
         options = cls(**values)
         options.check_paths()
         return options
@@ -218,12 +214,17 @@ class BuildOptions:
         for key, value in data.items():
             if key not in known or value is None:
                 continue
-            if known[key].metadata["path"]:
-                value = Path(value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            values[key] = value
+            values[key] = _coerce(known[key], value)
         return cls(**values)
+
+
+def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field holds it: a path option as a Path, a repeatable one as a tuple."""
+    if spec.metadata["path"]:
+        return Path(value)
+    if spec.metadata["repeatable"]:
+        return tuple(value)
+    return value
 
 
 def flag_name(spec: dataclasses.Field) -> str:
