@@ -28,7 +28,6 @@ A host-locked license is tied to a MAC address; Docker gives a container one wit
 from __future__ import annotations
 
 import collections
-import contextlib
 import glob
 import logging
 import os
@@ -36,7 +35,6 @@ import posixpath
 import re
 import shutil
 import socket
-import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -401,8 +399,9 @@ def run_batch(
       ``run.sh`` supports only that user or root (``matlab/build/run.sh`` in
       mathworks-ref-arch/container-images). Every ``rw`` bind-mounted folder is made
       writable for it for the run, and afterwards a short root container (the same image,
-      entrypoint ``chown -R``, no network) hands every file in it to the caller's uid:gid;
-      the folder's mode is restored;
+      entrypoint ``chown -R``, no network) hands every file in it to the caller's uid:gid,
+      also after a timeout, an interrupt or a lost engine (whenever MATLAB may have
+      written something); the folder's mode is restored on every path out;
     * ``/dev/shm`` is :data:`SHM_SIZE` (MathWorks' README for the image recommends
       ``--shm-size=512M``);
     * the license comes at run time only (:meth:`License.container_access`);
@@ -454,6 +453,7 @@ def run_batch(
     all_volumes = {str(k): dict(v) for k, v in (volumes or {}).items()}
     license_volumes, env = license.container_access()
     all_volumes.update(license_volumes)
+    containers.check_mounts(all_volumes)  # before any work: Docker would create a missing one
     env.update(environment or {})
     cc = compute_capability or (gpu_compute_capability() if gpu else None)
     if cc:
@@ -465,8 +465,7 @@ def run_batch(
     outputs = [
         p for p, spec in all_volumes.items() if spec.get("mode", "rw") == "rw" and os.path.isabs(p)
     ]
-    modes = _open_for_container(outputs)
-    try:
+    with containers.opened_for_container(outputs):
         try:
             result = containers.run(
                 image,
@@ -481,35 +480,16 @@ def run_batch(
                 tail_lines=tail_lines,
                 client=client,
             )
-        except containers.ContainerTimeout:
+        except containers.ContainerRefused:
+            raise  # nothing ran, nothing was written: nothing to hand back
+        except BaseException:
+            # a timeout, an interrupt, a lost engine: MATLAB may have written files already
             _hand_back(containers, client, image, outputs, strict=False)
             raise
         _hand_back(containers, client, image, outputs, strict=result.exit_code == 0)
-    finally:
-        for path, mode in modes.items():
-            with contextlib.suppress(OSError):
-                os.chmod(path, mode)
     if result.exit_code != 0:
         raise MatlabError(image, result.exit_code, result.last_line)
     return result.output
-
-
-def _open_for_container(paths: Sequence[str]) -> dict[str, int]:
-    """Make each folder writable for the image's user (mode 0777); return the old modes."""
-    modes: dict[str, int] = {}
-    for path in paths:
-        try:
-            modes[path] = stat.S_IMODE(os.stat(path).st_mode)
-            os.chmod(path, 0o777)
-        except OSError as exc:
-            for done, mode in modes.items():
-                with contextlib.suppress(OSError):
-                    os.chmod(done, mode)
-            raise UserError(
-                f"cannot make {path} writable for the container ({exc.strerror}): use a "
-                "folder you own"
-            ) from None
-    return modes
 
 
 def _hand_back(containers, client, image: str, paths: Sequence[str], *, strict: bool) -> None:

@@ -2,7 +2,10 @@
 the fake GitHub/PyPI server and git copies of the pin files. Helpers are in ``tests.support``.
 
 Set ``KILOSORT_DOCKER_REQUIRE_DOCKER=1`` (CI does) to fail instead of skipping when the
-engine or a tool the integration tests need is missing.
+engine or a tool the integration tests need is missing. Set ``KILOSORT_DOCKER_REQUIRE_GPU=1``
+(on machines that must run the GPU tests) to turn every skip of a test marked ``gpu`` into a
+failure (:func:`pytest_runtest_makereport`); pytest's ``-ra`` (pyproject.toml) names every
+skip's reason in the summary.
 """
 
 from __future__ import annotations
@@ -21,6 +24,26 @@ from tests import support
 from tests.support import fakes
 
 REQUIRE = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
+#: The ground-truth harness's variable (kilosort_docker.groundtruth.run.REQUIRE_GPU_VARIABLE).
+REQUIRE_GPU_VARIABLE = "KILOSORT_DOCKER_REQUIRE_GPU"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ``KILOSORT_DOCKER_REQUIRE_GPU=1``, a skipped test marked ``gpu`` fails, its skip
+    reason kept in the message: one place for every GPU test, whatever skipped it (the test,
+    a fixture, a marker)."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("gpu") is not None
+        and os.environ.get(REQUIRE_GPU_VARIABLE, "").strip() == "1"
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"{reason} ({REQUIRE_GPU_VARIABLE}=1: a GPU test may not skip)"
 
 
 def _missing(reason: str):
@@ -184,6 +207,21 @@ def probe_image(docker_client, tmp_path_factory):
     yield docker_client, tag
     with contextlib.suppress(Exception):
         docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="session")
+def engine_grants_gpus(probe_image) -> bool:
+    """Whether this engine starts a container that asks for ``--gpus all`` (tried with the probe
+    image, so only the start is tested: what decides whether a GPU run is refused). Decided by
+    what works, never by the ``Runtimes`` of ``docker info``."""
+    from kilosort_docker import containers
+
+    client, image = probe_image
+    try:
+        containers.run(image, ["echo", "gpu"], gpu=True, client=client, stream_to_log=False)
+    except containers.ContainerRefused:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,9 @@ import threading
 import uuid
 
 import docker.errors
+import docker.types
 import pytest
+import requests.exceptions
 
 from kilosort_docker import containers
 from kilosort_docker.errors import UserError
@@ -40,13 +42,13 @@ def test_defaults_no_network_no_gpu_image_user():
     assert result.tail == ("one", "two") and result.seconds >= 0
 
 
-def test_everything_asked_for_reaches_docker():
+def test_everything_asked_for_reaches_docker(tmp_path):
     client = FakeClient()
     containers.run(
         "img",
         None,
         entrypoint=["sh", "-c", "true"],
-        volumes={"/host": {"bind": "/in", "mode": "ro"}},
+        volumes={str(tmp_path): {"bind": "/in", "mode": "ro"}},
         environment={"A": "1"},
         gpu=True,
         network=True,
@@ -56,7 +58,7 @@ def test_everything_asked_for_reaches_docker():
     )
     _, kw = client.calls[0]
     assert kw["command"] is None and kw["entrypoint"] == ["sh", "-c", "true"]
-    assert kw["volumes"] == {"/host": {"bind": "/in", "mode": "ro"}}
+    assert kw["volumes"] == {str(tmp_path): {"bind": "/in", "mode": "ro"}}
     assert kw["environment"] == {"A": "1"}
     assert kw["device_requests"][0]["Count"] == -1
     assert kw["device_requests"][0]["Capabilities"] == [["gpu"]]
@@ -174,6 +176,98 @@ def test_timeout_kills_then_removes():
     assert container.events == ["start", "kill", "wait", "remove"]
 
 
+def test_missing_bind_source_is_refused_before_docker_is_asked(tmp_path):
+    """The engine would create the missing folder (root-owned, parents included) and run."""
+    client = FakeClient()
+    missing = tmp_path / "typo" / "data"
+    with pytest.raises(UserError, match=f"^{missing} does not exist: create it"):
+        containers.run("img", ["x"], volumes={str(missing): {"bind": "/d"}}, client=client)
+    assert client.calls == [] and not (tmp_path / "typo").exists()
+
+
+def test_missing_bind_source_among_good_ones_is_refused_too(tmp_path):
+    client = FakeClient()
+    volumes = {
+        str(tmp_path): {"bind": "/ok", "mode": "ro"},
+        "a-named-volume": {"bind": "/cache", "mode": "rw"},  # a name, not a path: not checked
+        str(tmp_path / "absent.lic"): {"bind": "/lic", "mode": "ro"},
+    }
+    with pytest.raises(UserError, match="absent.lic does not exist"):
+        containers.run("img", ["x"], volumes=volumes, client=client)
+    assert client.calls == []
+    containers.check_mounts({k: v for k, v in volumes.items() if "absent" not in k})
+
+
+def test_interrupt_during_removal_still_removes():
+    """A second Ctrl-C while the container is being removed: the removal is tried again."""
+
+    class Stubborn(FakeContainer):
+        def remove(self, force=False):
+            super().remove(force)
+            if self.events.count("remove") == 1:
+                raise KeyboardInterrupt
+
+    container = Stubborn()
+    with pytest.raises(KeyboardInterrupt):
+        containers.run("img", ["x"], client=FakeClient(container))
+    assert container.events == ["start", "logs", "wait", "remove", "remove"]
+
+
+def test_interrupt_while_streaming_then_during_removal_still_removes():
+    class Stubborn(FakeContainer):
+        def remove(self, force=False):
+            super().remove(force)
+            if self.events.count("remove") == 1:
+                raise KeyboardInterrupt
+
+    container = Stubborn(b"a long output that goes on\n")
+    container.interrupt_logs = True
+    with pytest.raises(KeyboardInterrupt):
+        containers.run("img", ["x"], client=FakeClient(container))
+    assert container.events == ["start", "logs", "remove", "remove"]
+
+
+def test_engine_timeout_at_start_is_one_line_and_removes():
+    """The engine does not answer the start in time (requests' ReadTimeout, not an APIError)."""
+    container = FakeContainer(fail_start=requests.exceptions.ReadTimeout("read timed out"))
+    with pytest.raises(containers.ContainerRefused, match="^docker refused to run img: read t"):
+        containers.run("img", ["x"], gpu=True, client=FakeClient(container))
+    assert container.events == ["start", "remove"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"fail_create": docker.errors.ImageNotFound("no such image")}, id="missing"),
+        pytest.param(
+            {"start": docker.errors.APIError("500", explanation="could not select device")},
+            id="refused-start",
+        ),
+        pytest.param({"interrupt": True}, id="interrupt-while-streaming"),
+    ],
+)
+def test_root_rw_folder_gets_its_mode_back_on_every_failure(tmp_path, monkeypatch, fault):
+    """As root with ``as_host_user``, the ``rw`` folder is opened (0777) for the run only."""
+    monkeypatch.setattr(containers.os, "getuid", lambda: 0)
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    container = FakeContainer(b"output that goes on\n", fail_start=fault.get("start"))
+    container.interrupt_logs = bool(fault.get("interrupt"))
+    client = FakeClient(container, fail_create=fault.get("fail_create"))
+    with pytest.raises((UserError, KeyboardInterrupt)):
+        containers.run(
+            "img", ["x"], volumes={str(out): {"bind": "/o"}}, as_host_user=True, client=client
+        )
+    assert out.stat().st_mode & 0o777 == 0o750
+
+
+def test_gpu_request_can_be_a_cdi_device():
+    client = FakeClient()
+    containers.run("img", ["x"], gpu=containers.CDI_ALL_GPUS, client=client)
+    request = client.calls[0][1]["device_requests"][0]
+    assert request["Driver"] == "cdi" and request["DeviceIDs"] == ["nvidia.com/gpu=all"]
+
+
 def test_created_removes_on_every_path():
     container = FakeContainer()
     container.files["/etc/thing"] = b"content"
@@ -202,6 +296,8 @@ def test_created_missing_image():
 
 
 def test_host_user(monkeypatch, tmp_path):
+    """Non-root: the caller's uid:gid. Root: the image's user, with the ``rw`` folders opened
+    for the run only (their modes come back afterwards; ``ro`` ones are never touched)."""
     out, data = tmp_path / "out", tmp_path / "data"
     out.mkdir(mode=0o700)
     data.mkdir(mode=0o700)
@@ -209,10 +305,23 @@ def test_host_user(monkeypatch, tmp_path):
     monkeypatch.setattr(containers.os, "getuid", lambda: 1234)
     monkeypatch.setattr(containers.os, "getgid", lambda: 99)
     assert containers.host_user(volumes) == ("1234:99", {"HOME": "/tmp"})
-    assert out.stat().st_mode & 0o777 == 0o700
     monkeypatch.setattr(containers.os, "getuid", lambda: 0)
     assert containers.host_user(volumes) == (None, {})
-    assert out.stat().st_mode & 0o777 == 0o777 and data.stat().st_mode & 0o777 == 0o700
+    assert out.stat().st_mode & 0o777 == 0o700
+
+    seen = {}
+
+    class Recording(FakeContainer):
+        def start(self):
+            super().start()
+            seen["out"] = out.stat().st_mode & 0o777
+            seen["data"] = data.stat().st_mode & 0o777
+
+    client = FakeClient(Recording())
+    containers.run("img", ["x"], volumes=volumes, as_host_user=True, client=client)
+    assert seen == {"out": 0o777, "data": 0o700}
+    assert "user" not in client.calls[0][1]
+    assert out.stat().st_mode & 0o777 == 0o700 and data.stat().st_mode & 0o777 == 0o700
 
 
 # --------------------------------------------------------------------------- a real engine
@@ -257,12 +366,13 @@ def test_real_environment_user_and_redaction(probe_image, caplog):
 
 @pytest.mark.docker
 def test_real_failed_gpu_start_leaves_no_container(probe_image):
+    """A start Docker refuses, on any host: a device driver no engine has (the GPU case, where
+    the NVIDIA toolkit is missing, is in tests/test_leftovers.py)."""
     client, image = probe_image
-    if "nvidia" in (client.info().get("Runtimes") or {}):
-        pytest.skip("this engine has the NVIDIA runtime: a GPU request would start")
     before = leftovers(client, image)
-    with pytest.raises(UserError, match=f"docker refused to run {image}: .*gpu"):
-        containers.run(image, ["echo", "x"], gpu=True, client=client)
+    absent = docker.types.DeviceRequest(driver="kilosort-docker-test-absent", count=-1)
+    with pytest.raises(containers.ContainerRefused, match=f"docker refused to run {image}: "):
+        containers.run(image, ["echo", "x"], gpu=absent, client=client)
     assert leftovers(client, image) == before == []
 
 

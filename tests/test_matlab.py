@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import docker.errors
 import pytest
 
 from kilosort_docker import commands, engine, matlab
@@ -20,6 +21,8 @@ from kilosort_docker.paths import LICENSE_MOUNT, MATLAB_DIR
 from tests.support.fakes import FakeClient, FakeContainer, leftovers
 
 SERVER = "27000@licsrv.invalid"
+#: What Docker says to a GPU request on a host without the NVIDIA Container Toolkit.
+GPU_REFUSAL = 'could not select device driver "" with capabilities: [[gpu]]'
 
 
 @pytest.fixture
@@ -169,6 +172,81 @@ def test_container_batch_runs_as_image_user_and_hands_back(monkeypatch, tmp_path
     assert (out.stat().st_mode & 0o777) == 0o750  # the mode is given back too
 
 
+class Sequence(FakeClient):
+    """One fake container per create, in order (the MATLAB run, then the hand-back)."""
+
+    def __init__(self, *made):
+        super().__init__(made[0])
+        self.made = list(made)
+
+    def create(self, image, **kwargs):
+        super().create(image, **kwargs)
+        return self.made[len(self.calls) - 1]
+
+
+def _interrupted():
+    container = FakeContainer(b"MATLAB is writing its outputs\n")
+    container.interrupt_logs = True
+    return container
+
+
+@pytest.mark.parametrize(
+    ("first", "raised"),
+    [
+        pytest.param(_interrupted, KeyboardInterrupt, id="interrupt"),
+        pytest.param(
+            lambda: FakeContainer(fail_wait=docker.errors.APIError("500", explanation="gone")),
+            UserError,
+            id="lost-engine",
+        ),
+    ],
+)
+def test_container_batch_hands_outputs_back_after_an_interrupt(tmp_path, first, raised):
+    """MATLAB may have written files as the image's user: they are handed back whatever
+    ended the run, and the folder gets its mode back."""
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    matlab_run, chown = first(), FakeContainer(b"")
+    client = Sequence(matlab_run, chown)
+    volumes = {str(out): {"bind": "/out", "mode": "rw"}}
+    with pytest.raises(raised):
+        matlab.run_batch(
+            "x", image="i", license=matlab.License(SERVER), volumes=volumes, client=client
+        )
+    assert [kw.get("entrypoint") for _, kw in client.calls] == [None, ["chown", "-R"]]
+    assert matlab_run.events[-1] == "remove" and chown.events == ["start", "logs", "wait", "remove"]
+    assert (out.stat().st_mode & 0o777) == 0o750
+
+
+def test_container_batch_refused_start_hands_nothing_back(tmp_path):
+    """Nothing ran (no NVIDIA toolkit): no hand-back container, and the mode comes back."""
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    refusal = docker.errors.APIError("500", explanation=GPU_REFUSAL)
+    client = FakeClient(FakeContainer(fail_start=refusal))
+    volumes = {str(out): {"bind": "/out", "mode": "rw"}}
+    with pytest.raises(UserError, match="NVIDIA container toolkit"):
+        matlab.run_batch(
+            "x", image="i", license=matlab.License(SERVER), volumes=volumes, client=client
+        )
+    assert len(client.calls) == 1 and client.container.events == ["start", "remove"]
+    assert (out.stat().st_mode & 0o777) == 0o750
+
+
+def test_container_batch_missing_mount_makes_nothing(tmp_path):
+    client = FakeClient()
+    missing = tmp_path / "no-such-output"
+    with pytest.raises(UserError, match="no-such-output does not exist"):
+        matlab.run_batch(
+            "x",
+            image="i",
+            license=matlab.License(SERVER),
+            volumes={str(missing): {"bind": "/out", "mode": "rw"}},
+            client=client,
+        )
+    assert client.calls == [] and not missing.exists()
+
+
 def test_container_batch_failure_and_missing_license():
     client = FakeClient(FakeContainer(b"Error using run_kilosort3: no GPU\n", code=1))
     with pytest.raises(matlab.MatlabError, match="^ks3 exited with 1: Error using run_kilosort3"):
@@ -253,11 +331,13 @@ def test_real_license_server_redacted_with_network(probe_image, caplog):
 
 
 @pytest.mark.docker
-def test_real_kilosort3_runner_and_check_gpu(probe_image, license_file, tmp_path, monkeypatch):
-    """Both ask for every GPU: they run where the engine has the NVIDIA runtime; elsewhere
-    the start is refused with the toolkit named, and nothing is left behind."""
+def test_real_kilosort3_runner_and_check_gpu(
+    probe_image, engine_grants_gpus, license_file, tmp_path, monkeypatch
+):
+    """Both ask for every GPU: they run where the engine grants GPUs (whatever its runtime
+    list says); elsewhere the start is refused with the toolkit named, and nothing is left."""
     client, image = probe_image
-    has_gpu = "nvidia" in (client.info().get("Runtimes") or {})
+    has_gpu = engine_grants_gpus
     refused = pytest.raises(UserError, match="NVIDIA container toolkit")
     data = tmp_path / "data"
     data.mkdir()

@@ -247,9 +247,14 @@ def test_common_user_switch(tmp_path, monkeypatch, data_dir):
     run_kilosort4_container(data_dir, tmp_path / "out", image="k", client=client)
     assert client.calls[0][1]["user"] == "1234:99"
     monkeypatch.setattr(containers.os, "getuid", lambda: 0)
-    run_kilosort4_container(data_dir, tmp_path / "out2", image="k", client=client)
-    assert "user" not in client.calls[1][1]
-    assert (tmp_path / "out2").stat().st_mode & 0o777 == 0o777
+    out2 = tmp_path / "out2"
+    seen = []
+    client = FakeClient()
+    # the image's user writes there while the container runs
+    client.container.start = lambda: seen.append(out2.stat().st_mode & 0o777)
+    run_kilosort4_container(data_dir, out2, image="k", client=client)
+    assert "user" not in client.calls[0][1]
+    assert seen == [0o777] and out2.stat().st_mode & 0o777 == 0o755  # opened for the run only
 
 
 def test_host_mode_needs_no_docker_sdk():
