@@ -14,7 +14,7 @@ from kilosort_docker import engine, mex, ui
 from kilosort_docker.atomic import replace_folder
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import build as build_mod
-from kilosort_docker.images import mexstage, plan
+from kilosort_docker.images import mexstage, plan, references
 from kilosort_docker.images import push as push_mod
 from kilosort_docker.images import record as record_mod
 from kilosort_docker.images.options import BuildOptions
@@ -114,6 +114,8 @@ def push(
     Hub if None) under ``namespace`` (default: the one they were built in), and add the
     digests to the build record. ``require_record`` (``release --push``) refuses to push
     without a build record of the current release."""
+    references.check_registry(registry)
+    references.check_namespace(namespace)
     recorded = release_record(profile) if require_record else record_mod.load(profile)
     the_plan, _ = built_plan(profile=profile, images=images, namespace=namespace)
     remote_ns = namespace or the_plan.options.namespace
@@ -263,6 +265,12 @@ def check_gpu(
     from kilosort_docker import matlab
     from kilosort_docker.paths import MATLAB_DIR
 
+    if image is not None:
+        references.check_reference(
+            image,
+            what="--image",
+            fix="give --image as a built kilosort3 image, e.g. kilosortdocker/kilosort3:latest",
+        )
     lic = matlab.resolve_license(license)
     if image is None:
         if shutil.which("matlab") is None:

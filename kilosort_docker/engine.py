@@ -30,10 +30,19 @@ def connect(*, timeout: int = 600) -> docker.DockerClient:
 
 
 def image_exists(client: docker.DockerClient, ref: str) -> bool:
+    """True if the engine has image ``ref``; raises UserError (one line) if the engine refuses
+    the lookup (an invalid reference, a daemon error) instead of answering."""
     try:
         client.images.get(ref)
     except docker.errors.ImageNotFound:
         return False
+    except docker.errors.DockerException as exc:
+        reason = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+        reason = " ".join(str(reason).split())[:200]
+        raise UserError(
+            f"the Docker engine refused to look up {ref} ({reason}): fix the reference "
+            "(lowercase [registry/]name[:tag]) or the engine"
+        ) from None
     return True
 
 

@@ -24,6 +24,7 @@ import docker.errors
 
 from kilosort_docker import containers, engine, secrets
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import references
 from kilosort_docker.images.plan import BuildPlan, BuildStep
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,10 @@ def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None
             previous[ref] = client.images.get(ref).id
         except docker.errors.ImageNotFound:
             previous[ref] = None
+        except docker.errors.DockerException as exc:
+            raise references.daemon_error(
+                exc, doing=f"looking up {ref}", fix="fix the reference or the engine"
+            ) from None
     applied: list[str] = []
     try:
         for ref in refs:
@@ -145,7 +150,11 @@ def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None
                 client.api.tag(previous[ref], repo, tag, force=True)
             else:
                 client.api.remove_image(ref, noprune=True)
-        raise UserError(f"tagging {image_id[:19]} failed ({exc}); no tag was changed") from None
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(
+            f"tagging {image_id[:19]} failed ({detail}): no tag was changed; check the "
+            "references (--namespace) and the engine"
+        ) from None
 
 
 def preflight(client: docker.DockerClient, plan: BuildPlan) -> None:

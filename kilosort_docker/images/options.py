@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import references
 from kilosort_docker.images.profiles import DEFAULT_PROFILE
 from kilosort_docker.paths import MEX_BINARIES_DIR
 
@@ -162,7 +163,8 @@ class BuildOptions:
         values keep the default.
 
         Raises UserError for an unknown flag, a wheelhouse or CUDA toolkit that is not a folder,
-        or a CA bundle that is not a file or holds a private key.
+        a CA bundle that is not a file or holds a private key, and a name Docker or git would
+        refuse (:meth:`check_names`).
         """
         by_flag = {flag_name(f): f for f in fields(cls)} | {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -175,7 +177,29 @@ class BuildOptions:
             values[spec.name] = _coerce(spec, value)
         options = cls(**values)
         options.check_paths()
+        options.check_names()
         return options
+
+    def check_names(self) -> None:
+        """Raise UserError for a namespace or base image outside Docker's reference grammar,
+        a malformed commit or a host compiler that is not one, before any work
+        (:mod:`kilosort_docker.images.references`)."""
+        from kilosort_docker.images.pins import check_commit
+
+        references.check_namespace(self.namespace)
+        for value, flag in (
+            (self.base_image, "--base-image"),
+            (self.python_base_image, "--python-base"),
+        ):
+            if value is not None:
+                references.check_reference(
+                    value, what=flag, fix=f"give {flag} as [registry/]name[:tag], lowercase"
+                )
+        if self.kilosort_commit is not None:
+            check_commit(self.kilosort_commit, "--kilosort-commit")
+        if self.npy_matlab_commit is not None:
+            check_commit(self.npy_matlab_commit, "--npy-matlab-commit")
+        references.check_host_compiler(self.host_compiler)
 
     def check_paths(self) -> None:
         """Raise UserError for a path option that does not hold what it should."""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kilosort_docker.images import tags
+from kilosort_docker.images import references, tags
 from kilosort_docker.images.options import BuildOptions
 from kilosort_docker.images.pins import Pins, load_pins, with_commits
 from kilosort_docker.images.profiles import Profile, get_profile
@@ -91,7 +91,8 @@ def make_plan(
     """The build plan for ``images`` (all if None; else ``options.images``) and their parents,
     from the entries of ``stack``.
 
-    Raises UserError for an unknown image name.
+    Raises UserError for an unknown image name, and for a reference (tag or base image) that
+    Docker's grammar refuses, before any work.
     """
     options = options or BuildOptions()
     images = images if images is not None else (list(options.images) or None)
@@ -114,9 +115,30 @@ def make_plan(
             ),
             context_extras=tuple(spec.describe(ctx)),
         )
+        _check_step(step, spec.parent is None)
         refs[spec.name] = step.refs[0]
         steps.append(step)
     return BuildPlan(profile=profile, pins=pins, options=options, steps=tuple(steps))
+
+
+def _check_step(step: BuildStep, root: bool) -> None:
+    """Raise UserError unless Docker's reference grammar accepts every reference of ``step``:
+    its tags (made from the namespace, the pins' versions and the profile) and, for a root, its
+    base image (the profile's or ``--base-image``/``--python-base``)."""
+    if root:
+        flag = step.spec.base.flag if step.spec.base else "--base-image"
+        references.check_reference(
+            step.base_image,
+            what=f"the base image of {step.spec.name}",
+            fix=f"give {flag} as [registry/]name[:tag], lowercase, or fix the profile",
+        )
+    for ref in step.refs:
+        references.check_reference(
+            ref,
+            what=f"the planned tag of {step.spec.name}",
+            fix="fix --namespace, or the version or profile name the tag is made of "
+            "(kilosort-docker.toml, profiles.toml)",
+        )
 
 
 def describe(plan: BuildPlan) -> str:

@@ -18,7 +18,7 @@ import docker.errors
 
 from kilosort_docker import engine
 from kilosort_docker.errors import UserError
-from kilosort_docker.images import tags
+from kilosort_docker.images import references, tags
 from kilosort_docker.images.plan import BuildPlan
 from kilosort_docker.secrets import redact
 
@@ -54,13 +54,24 @@ def _scrub(text: str, secret: dict[str, str] | None) -> str:
 def targets(
     plan: BuildPlan, *, registry: str | None, namespace: str | None
 ) -> list[tuple[str, str]]:
-    """``(local ref, remote ref)`` pairs for every image and tag of ``plan``."""
+    """``(local ref, remote ref)`` pairs for every image and tag of ``plan``.
+
+    Raises UserError, before any work, for a registry that is not ``host[:port]``, a namespace
+    or a remote reference outside Docker's reference grammar.
+    """
+    references.check_registry(registry)
+    references.check_namespace(namespace)
     pairs = []
     ns = namespace or plan.options.namespace or plan.pins.namespace
     for step in plan.steps:
         remote_repo = tags.repository(step.spec, ns, registry)
         for tag, local in zip(step.tags, step.refs, strict=True):
-            pairs.append((local, f"{remote_repo}:{tag}"))
+            remote = references.check_reference(
+                f"{remote_repo}:{tag}",
+                what="the remote reference",
+                fix="fix --registry or --namespace",
+            )
+            pairs.append((local, remote))
     return pairs
 
 
@@ -122,7 +133,14 @@ def push(
             if remote != local:
                 repo, _, tag = remote.rpartition(":")
                 existed = engine.image_exists(client, remote)
-                client.api.tag(local, repo, tag, force=True)
+                try:
+                    client.api.tag(local, repo, tag, force=True)
+                except docker.errors.DockerException as exc:
+                    raise references.daemon_error(
+                        exc,
+                        doing=f"tagging {local} as {remote}",
+                        fix="check --registry and --namespace, and that the engine is healthy",
+                    ) from None
                 if not existed:
                     added.append(remote)
             log.info("pushing %s", remote)

@@ -20,6 +20,7 @@ from typing import Any
 
 from kilosort_docker import paths
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import references
 from kilosort_docker.images.options import BuildOptions
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,15 @@ class BuildRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
-        """The inverse of :meth:`to_dict`; raises TypeError for a value of the wrong type."""
+        """The inverse of :meth:`to_dict`; raises TypeError for a value of the wrong type and
+        ValueError for a reference outside Docker's grammar."""
         for image in data["images"]:
             refs = image["refs"]
             if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
                 raise TypeError(f"refs of {image.get('name')!r} is not a list of references")
+            for ref in refs:  # Docker's grammar, so a hand-edited record fails here, not later
+                if not references.is_reference(ref):
+                    raise ValueError(f"{ref!r} of {image.get('name')!r} is not an image reference")
         return cls(
             profile=data["profile"],
             release=data["release"],

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.options import BuildOptions
-from kilosort_docker.images.pins import Pins
+from kilosort_docker.images.pins import Pins, commit_folder
 from kilosort_docker.images.profiles import Profile
 from kilosort_docker.paths import DOCKER_DIR
 
@@ -38,8 +38,11 @@ class PlanContext:
 
     @property
     def mex_binaries_folder(self) -> Path:
-        """``mex-binaries/<profile>/<kilosort commit>/``: where ``invoke build-mex`` keeps them."""
-        return self.options.mex_binaries / self.profile.name / self.pins.kilosort3.commit
+        """``mex-binaries/<profile>/<kilosort commit>/``: where ``invoke build-mex`` keeps them
+        (an existing folder named by a shorter or longer sha of the commit is that folder)."""
+        return commit_folder(
+            self.options.mex_binaries / self.profile.name, self.pins.kilosort3.commit
+        )
 
 
 @dataclass(frozen=True)

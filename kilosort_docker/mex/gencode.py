@@ -214,6 +214,29 @@ def newest_gcc(cuda_version: str) -> int | None:
     return _NEWEST_GCC.get(parse_cuda_version(cuda_version))
 
 
+#: A host compiler: GCC, clang or the system's c++, optionally version-suffixed (``g++-10``,
+#: ``clang++-15``) or target-prefixed (``x86_64-linux-gnu-g++-10``, as Debian names them), as a
+#: name or an absolute path. nvcc takes it as ``-ccbin`` (NVCC documentation, "--compiler-bindir")
+#: and the mex-build stage installs a missing one with apt-get, so anything else is refused.
+_HOST_COMPILER_RE = re.compile(
+    r"(?:/[A-Za-z0-9._+-]+)*/?"
+    r"(?:[a-z0-9_]+(?:-[a-z0-9_]+)*-)??"
+    r"(?:g\+\+|gcc|c\+\+|clang\+\+|clang)(?:-\d+(?:\.\d+)*)?"
+)
+
+
+def check_host_compiler_name(compiler: str, *, flag: str = "--host-compiler") -> str:
+    """``compiler`` unchanged if it names a host compiler (``g++``, ``g++-10``, ``gcc-9``,
+    ``clang++-15``, ``/usr/bin/g++-9``); raises UserError for anything else (a space, an option,
+    a shell word), before any work."""
+    if not isinstance(compiler, str) or not _HOST_COMPILER_RE.fullmatch(compiler):
+        raise UserError(
+            f"{flag} {compiler!r} is not a host compiler: give g++-N or gcc-N (e.g. g++-10), "
+            "g++, clang++-N, or an absolute path to one"
+        )
+    return compiler
+
+
 def compiler_gcc_major(compiler: str) -> int | None:
     """The GCC major version named by ``g++-N`` / ``gcc-N`` (a path is allowed), else None:
     a bare ``g++`` (or another compiler) cannot be judged without running it."""
@@ -226,6 +249,7 @@ def validate_host_compiler(cuda_version: str, compiler: str) -> str:
     it unchanged. Raises UserError naming the range, e.g. "CUDA 11.2 accepts gcc up to 10, not
     g++-12: use --host-compiler g++-10 (or older)". Compilers whose version the name does not
     give (``g++``, ``clang++``) and toolkits not in the table are accepted."""
+    check_host_compiler_name(compiler)
     major = compiler_gcc_major(compiler)
     newest = newest_gcc(cuda_version)
     if major is not None and newest is not None and major > newest:

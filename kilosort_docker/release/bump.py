@@ -144,6 +144,8 @@ def plan_bump(
     if line == upstream.KILOSORT3:
         _check_newer(version, pins.kilosort3.version, "Kilosort3")
         tag = upstream.find_tag(str(version), repository=repository, api_url=api_url)
+        # The commit of the tag's ref (an annotated tag dereferenced), 40 hex digits.
+        tag = upstream.tag_commit(tag, repository=repository, api_url=api_url)
         # Keep the pin's form: a short commit stays as short as it was (mex-binaries/ folders).
         width = max(len(pins.kilosort3.commit), 7)
         commit = tag.commit[:width]

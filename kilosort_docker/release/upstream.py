@@ -17,13 +17,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from packaging.version import InvalidVersion, Version
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.images.pins import ROOT, load_pins
+from kilosort_docker.images.pins import ROOT, check_full_commit, check_tag_name, load_pins
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,9 @@ def github_tags(
                     f"{_host(url)} sent a malformed tag for {what} (no name or commit.sha): "
                     "check the API URL"
                 ) from None
-            result.append(Tag(str(name), str(sha).lower()))
+            where = f"{_host(url)} sent a malformed tag for {what}"
+            name = check_tag_name(name, where)
+            result.append(Tag(name, check_full_commit(sha, f"{where} ({name} commit.sha)")))
         url = response.links.get("next", {}).get("url")
     log.debug("%d tags of %s", len(result), repository)
     return result
@@ -245,7 +247,8 @@ def find_tag(
     api_url: str = GITHUB_API,
     tags: list[Tag] | None = None,
 ) -> Tag:
-    """The upstream tag for ``version`` (``3.0.3``, ``v3.0.3``) and its commit.
+    """The upstream tag for ``version`` (``3.0.3``, ``v3.0.3``) and its commit, as the tag
+    list gives it (:func:`tag_commit` dereferences an annotated tag).
 
     Raises UserError if no tag has that version.
     """
@@ -264,13 +267,84 @@ def find_tag(
 
 
 def resolve_tag(tag: str, *, repository: str = REPOSITORY, api_url: str = GITHUB_API) -> str:
-    """The commit (40 hex digits) that ``tag`` of ``repository`` points at."""
+    """The commit (40 hex digits) that ``tag`` of ``repository`` points at, an annotated tag
+    dereferenced (:func:`tag_commit`)."""
+    tag = check_tag_name(tag, "tag")
     for item in github_tags(repository, api_url=api_url):
         if item.name == tag:
-            return item.commit
+            return tag_commit(item, repository=repository, api_url=api_url).commit
     raise UserError(
         f"{repository} has no tag {tag}: run `invoke upstream` to see the tags there are"
     )
+
+
+#: How many annotated tags may point at each other before a commit (git allows chains).
+MAX_TAG_DEPTH = 5
+
+
+def tag_commit(
+    tag: Tag,
+    *,
+    repository: str = REPOSITORY,
+    api_url: str = GITHUB_API,
+    session: requests.Session | None = None,
+) -> Tag:
+    """``tag`` with the commit its ref points at, read from the Git database API: ``GET
+    /repos/{repo}/git/refs/tags/{name}`` gives the ref's object; an annotated tag (``type``
+    ``tag``) is followed through ``GET /repos/{repo}/git/tags/{sha}`` until a ``commit``
+    (GitHub REST API, "Git references" and "Git tags"). A tag list that named the tag object
+    instead of its commit is corrected here.
+
+    Raises UserError if the answer is malformed, is not a commit (40 hex digits) after at
+    most :data:`MAX_TAG_DEPTH` tags, or the API is unreachable.
+    """
+    api_url = api_url.rstrip("/")
+    session = session or _session()
+    what = f"the ref of tag {tag.name} of {repository}"
+    url = f"{api_url}/repos/{repository}/git/refs/tags/{quote(tag.name)}"
+    body = _json(_get(session, url, what=what, headers=_auth_headers(url, api_url)), what)
+    if isinstance(body, list):  # a prefix matched several refs: take the exact one
+        body = next(
+            (b for b in body if isinstance(b, dict) and b.get("ref") == f"refs/tags/{tag.name}"),
+            None,
+        )
+    obj = _object(body, url, what)
+    for _ in range(MAX_TAG_DEPTH):
+        if obj[0] == "commit":
+            commit = obj[1]
+            if commit != tag.commit:
+                log.info(
+                    "tag %s: the tag list gave %s, its ref dereferences to commit %s",
+                    tag.name,
+                    tag.commit[:12],
+                    commit[:12],
+                )
+            return Tag(tag.name, commit)
+        if obj[0] != "tag":
+            break
+        url = f"{api_url}/repos/{repository}/git/tags/{obj[1]}"
+        what = f"the annotated tag {tag.name} of {repository}"
+        obj = _object(
+            _json(_get(session, url, what=what, headers=_auth_headers(url, api_url)), what),
+            url,
+            what,
+        )
+    raise UserError(
+        f"{_host(url)} does not dereference tag {tag.name} to a commit (got a {obj[0]} after "
+        f"up to {MAX_TAG_DEPTH} tags): check the API URL or the tag"
+    )
+
+
+def _object(body: object, url: str, what: str) -> tuple[str, str]:
+    """``(type, sha)`` of a Git database answer's ``object``; the sha checked as 40 hex."""
+    obj = body.get("object") if isinstance(body, dict) else None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise UserError(
+            f"{_host(url)} sent a malformed answer for {what} (no object.type and object.sha): "
+            "check the API URL"
+        )
+    sha = check_full_commit(obj.get("sha"), f"{_host(url)} sent a malformed {what} (object.sha)")
+    return obj["type"], sha
 
 
 def pypi_releases(

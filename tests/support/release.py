@@ -154,6 +154,51 @@ class FakeAPI:
                 headers["Link"] = ", ".join(links)
             body = [github_tag("{base}", name) for name in names]
             self.routes[f"{path}?{query}"] = (200, headers, json.dumps(body))
+            for name in names:
+                self.serve_ref(name, repo=repo)
+
+    def serve_ref(self, name: str, *, annotated: str | None = None, repo: str = OWNER_REPO) -> None:
+        """``GET /repos/{repo}/git/refs/tags/{name}`` as GitHub answers it: the commit of
+        ``name`` (``COMMITS``), or with ``annotated`` (a tag object's sha) the tag object, whose
+        ``GET /repos/{repo}/git/tags/{sha}`` points at the commit."""
+        api, commit = f"/repos/{repo}", COMMITS[name]
+        target = ("tag", annotated) if annotated else ("commit", commit)
+        kind = "tags" if annotated else "commits"
+        self.set(
+            f"{api}/git/refs/tags/{name}",
+            {
+                "ref": f"refs/tags/{name}",
+                "node_id": "MDM6UmVmcmVmcy90YWdzL3YzLjAuMw==",
+                "url": f"{{base}}{api}/git/refs/tags/{name}",
+                "object": {
+                    "sha": target[1],
+                    "type": target[0],
+                    "url": f"{{base}}{api}/git/{kind}/{target[1]}",
+                },
+            },
+        )
+        if annotated:
+            self.set(
+                f"{api}/git/tags/{annotated}",
+                {
+                    "node_id": "MDM6VGFnOTQwYmQzMzYyNDhlZmFlMGY5ZWU1YmM3YjJkNWM5ODU4ODdiMTZhYw==",
+                    "tag": name,
+                    "sha": annotated,
+                    "url": f"{{base}}{api}/git/tags/{annotated}",
+                    "message": f"Kilosort {name}\n",
+                    "tagger": {
+                        "name": "Marius",
+                        "email": "m@example.org",
+                        "date": "2024-01-01T00:00:00Z",
+                    },
+                    "object": {
+                        "type": "commit",
+                        "sha": commit,
+                        "url": f"{{base}}{api}/git/commits/{commit}",
+                    },
+                    "verification": {"verified": False, "reason": "unsigned"},
+                },
+            )
 
     def serve_pypi(self, releases: dict[str, list[bool]] | None = None) -> None:
         self.set("/pypi/kilosort/json", pypi_project(releases))
