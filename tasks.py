@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from invoke import Collection, Exit, task
 
+from kilosort_docker import acceptance as acceptance_mod
 from kilosort_docker import commands, ui
 from kilosort_docker.errors import UserError
 from kilosort_docker.images.options import (
@@ -377,6 +378,63 @@ def check_images(c, options: BuildOptions):
         raise Exit("error: some image checks failed (see the table above)", code=1)
 
 
+@options_task(
+    ("profile", "namespace"),
+    help={
+        "license": "MATLAB license in any FlexLM form: port@host, @host, a triad, a "
+        "colon-separated list, a license file or a folder of .lic files (default "
+        "$MLM_LICENSE_FILE); only its form goes into the report",
+        "mac_address": "the licensed MAC address of a host-locked license (not recorded)",
+        "image": "kilosort3 image to accept (default: the one `invoke build` made for --profile)",
+        "namespace": "repository namespace of the default image",
+        "out": "report file to create (default benchmarks/acceptance/<profile>-<UTC date>-"
+        "<gpu>.json); an existing file is never overwritten",
+        "duration": "seconds of simulated recording in the ground-truth test (default "
+        f"{acceptance_mod.DEFAULT_DURATION_S:g}, what thresholds/kilosort3.toml is set for)",
+        "dry_run": "check the inputs, print the steps and the report path; run nothing",
+    }
+    | VERBOSE,
+)
+def acceptance(
+    c,
+    options: BuildOptions,
+    license: str | None = None,
+    mac_address: str | None = None,
+    image: str | None = None,
+    out: str | None = None,
+    duration: float = acceptance_mod.DEFAULT_DURATION_S,
+    dry_run: bool = False,
+    verbose: bool = False,
+):
+    """Licensed maintainers: check-gpu, then the Kilosort3 ground-truth test; JSON report.
+
+    Needs a MATLAB license and an NVIDIA GPU. Stops at the first step that does not pass and
+    still writes the report (benchmarks/acceptance/, to commit): steps, image digest, GPU,
+    license form (never its value), verdict and scores.
+    """
+    plan = acceptance_mod.make_plan(
+        license=license,
+        profile=options.profile,
+        image=image,
+        namespace=options.namespace,
+        mac_address=mac_address,
+        out=out,
+        duration_s=float(duration),
+    )
+    if dry_run:
+        ui.console.print(plan.describe(), markup=False, highlight=False, soft_wrap=True)
+        return
+    report, path = acceptance_mod.run(plan, on_step=acceptance_mod.progress_printer(ui.console))
+    ui.console.print(acceptance_mod.summary_table(report, path))
+    failed = report.first_failure
+    if failed is not None:
+        how = " (skipped)" if failed.status == acceptance_mod.SKIPPED else ""
+        raise Exit(
+            f"error: acceptance failed at {failed.name}{how}: {failed.reason}; report: {path}",
+            code=1,
+        )
+
+
 ns = Collection(
     build,
     build_mex,
@@ -390,5 +448,6 @@ ns = Collection(
     release,
     check_gpu,
     check_images,
+    acceptance,
 )
 ns.configure({CONFIG_SECTION: site_defaults()})
