@@ -121,23 +121,6 @@ def test_kilosort3_unreachable_license_server(monkeypatch):
     assert "127.0.0.1" not in reason  # the license value is never printed
 
 
-def test_docker_gpu_check():
-    class Client:
-        def __init__(self, info):
-            self._info = info
-
-        def info(self):
-            return self._info
-
-    assert groundtruth.docker_gpu_ready(Client({"Runtimes": {"runc": {}, "nvidia": {}}})) is None
-    assert (
-        groundtruth.docker_gpu_ready(Client({"DiscoveredDevices": [{"ID": "nvidia.com/gpu=all"}]}))
-        is None
-    )
-    reason = groundtruth.docker_gpu_ready(Client({"Runtimes": {"runc": {}}}))
-    assert "nvidia-container-toolkit" in reason
-
-
 def test_full_kilosort4_run_on_cpu(tmp_path):
     """Kilosort 4 on the host CPU recovers at least 8 of 10 simulated units (accuracy >= 0.8).
 

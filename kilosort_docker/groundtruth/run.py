@@ -5,7 +5,7 @@ Run ``python -m kilosort_docker.groundtruth --help``. Exit status:
 * 0 - the sort met the thresholds (``PASS``);
 * 1 - it did not (``FAIL``), or the sorter crashed;
 * 2 - a usage or input problem (a one-line message names the fix);
-* 77 - skipped: the preflight found something missing (no GPU, no NVIDIA runtime in Docker,
+* 77 - skipped: the preflight found something missing (no GPU, no GPU access in Docker,
   no MATLAB license...). :data:`EXIT_SKIP` follows the automake convention, so a front end
   (nox) can turn it into a skip; the reason is then the last line on stderr, as
   ``skipped: <one-line reason>`` (:data:`SKIP_PREFIX`).
@@ -81,18 +81,23 @@ def gpu_visible() -> str | None:
     return "no NVIDIA GPU visible (torch.cuda.is_available() is False and nvidia-smi lists none)"
 
 
-def docker_gpu_ready(client) -> str | None:
-    """None when the Docker engine has the NVIDIA runtime (or CDI GPU devices), else why not."""
-    try:
-        info = client.info()
-    except Exception as exc:
-        return f"Docker engine does not answer ({type(exc).__name__})"
-    if "nvidia" in (info.get("Runtimes") or {}):
-        return None
-    cdi = info.get("DiscoveredDevices") or []
-    if any("nvidia.com/gpu" in str(device) for device in cdi):
-        return None
-    return "Docker has no NVIDIA runtime: install nvidia-container-toolkit and restart dockerd"
+def docker_gpu_ready(client, image: str, **probe) -> str | None:
+    """None when a container of ``image`` gets the GPUs, else why not (``no GPU access:
+    <Docker's error line>``).
+
+    Decided by what works: :func:`kilosort_docker.containers.probe_gpus` runs ``nvidia-smi
+    -L`` in ``image`` with the GPU request the sort uses. ``docker info``'s runtime list does
+    not tell: the NVIDIA Container Toolkit may serve ``--gpus`` through its runtime hook or
+    CDI with no ``nvidia`` runtime listed. ``probe`` goes to ``probe_gpus`` (``request``,
+    ``command``, ``timeout_s``).
+
+    Raises:
+        UserError: the probe could not run (the image vanished, the engine stopped
+            answering): that is an error, neither a GPU nor a skip.
+    """
+    from kilosort_docker import containers
+
+    return containers.probe_gpus(image, client=client, **probe)
 
 
 def preflight(plan: Plan, *, client=None) -> str | None:
@@ -100,8 +105,8 @@ def preflight(plan: Plan, *, client=None) -> str | None:
 
     Checks, in order: spikeinterface importable; for Kilosort 3, MATLAB (host mode) and a
     license that is set and reachable; for Kilosort 4 on the host, kilosort importable; a GPU
-    when the sort uses one; for containers, a Docker engine, the image, and the NVIDIA
-    runtime when a GPU is passed.
+    when the sort uses one; for containers, a Docker engine, the image, and, when a GPU is
+    passed, that a container of the image gets it (:func:`docker_gpu_ready`).
     """
     try:
         import spikeinterface  # noqa: F401
@@ -147,7 +152,7 @@ def preflight(plan: Plan, *, client=None) -> str | None:
     if not present:
         return f"image {plan.image} is not present: build it first"
     if needs_gpu:
-        return docker_gpu_ready(client)
+        return docker_gpu_ready(client, plan.image)
     return None
 
 
