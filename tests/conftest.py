@@ -24,8 +24,10 @@ from tests import support
 from tests.support import fakes
 
 REQUIRE = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
-#: The ground-truth harness's variable (kilosort_docker.groundtruth.run.REQUIRE_GPU_VARIABLE).
+#: The ground-truth harness's variable (kilosort_docker.groundtruth.run.REQUIRE_GPU_VARIABLE),
+#: read once when the run starts (tests may change the environment while they run).
 REQUIRE_GPU_VARIABLE = "KILOSORT_DOCKER_REQUIRE_GPU"
+REQUIRE_GPU = os.environ.get(REQUIRE_GPU_VARIABLE, "").strip() == "1"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -39,9 +41,10 @@ def pytest_runtest_makereport(item, call):
         report.skipped
         and not hasattr(report, "wasxfail")
         and item.get_closest_marker("gpu") is not None
-        and os.environ.get(REQUIRE_GPU_VARIABLE, "").strip() == "1"
+        and REQUIRE_GPU
     ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
         report.outcome = "failed"
         report.longrepr = f"{reason} ({REQUIRE_GPU_VARIABLE}=1: a GPU test may not skip)"
 
