@@ -21,6 +21,8 @@ ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 REQUIRE_DOCKER = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
+#: On machines that must run the GPU test, a skip is a failure (the harness honours it too).
+REQUIRE_GPU = os.environ.get("KILOSORT_DOCKER_REQUIRE_GPU", "").strip() == "1"
 #: How `python -m kilosort_docker.groundtruth` names a failed preflight (exit 77): the last
 #: line of its stderr.
 SKIPPED_PREFIX = "skipped: "
@@ -108,6 +110,9 @@ def gpu(session: nox.Session) -> None:
     code, last = _run_showing_stderr([python, "-m", "kilosort_docker.groundtruth", *args])
     if code == 77:
         reason = last.removeprefix(SKIPPED_PREFIX) if last.startswith(SKIPPED_PREFIX) else ""
-        session.skip(reason.strip() or PREFLIGHT_UNKNOWN)
+        reason = reason.strip() or PREFLIGHT_UNKNOWN
+        if REQUIRE_GPU:
+            session.error(f"skipped with KILOSORT_DOCKER_REQUIRE_GPU=1: {reason}")
+        session.skip(reason)  # nox names the reason: "Session gpu skipped: <reason>."
     if code != 0:
         session.error(f"ground-truth test failed (exit {code})")

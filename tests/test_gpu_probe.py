@@ -299,3 +299,29 @@ def test_real_containers_get_the_gpus(docker_client, debian_base):
     if reason is not None:
         pytest.skip(reason)
     assert leftovers(docker_client, debian_base) == []
+
+
+@pytest.mark.docker
+def test_real_nox_gpu_session_names_the_skip_reason_or_fails(probe_image, tmp_path):
+    """``nox -s gpu`` on this engine: a skip whose reason nox prints; with
+    KILOSORT_DOCKER_REQUIRE_GPU=1 the session fails instead."""
+    pytest.importorskip("nox")
+    pytest.importorskip("spikeinterface")
+    client, image = probe_image
+    if containers.probe_gpus(image, client=client) is None:
+        pytest.skip("a container of the probe image gets GPUs here")
+    argv = [
+        *(sys.executable, "-m", "nox", "-f", str(support.REPO_ROOT / "noxfile.py")),
+        *("-s", "gpu", "--no-venv", "--", "--mode", "container", "--image", image),
+        *("--duration", "8", "--channels", "16", "--units", "4", "--out", str(tmp_path / "o")),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "KILOSORT_DOCKER_REQUIRE_GPU"}
+    skipped = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "Session gpu skipped: no GPU access: " in skipped.stderr
+    failed = subprocess.run(
+        argv, env={**env, "KILOSORT_DOCKER_REQUIRE_GPU": "1"}, capture_output=True, text=True
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert "Session gpu aborted" in failed.stderr and "no GPU access: " in failed.stderr
+    assert leftovers(client, image) == []
