@@ -11,9 +11,12 @@ to load with "GLIBCXX_3.4.NN not found").
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import sys
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kilosort_docker import mex, paths
@@ -23,6 +26,7 @@ from kilosort_docker.images.checks import ImageUnderTest
 # The Kilosort3 images share their tags and labels.
 from kilosort_docker.images.entries.kilosort3_code import labels, version  # noqa: F401
 from kilosort_docker.images.spec import ImageCheck, ImageSpec, PlanContext
+from kilosort_docker.images.tags import LABEL_PREFIX
 
 if TYPE_CHECKING:
     from kilosort_docker.images.plan import BuildPlan
@@ -84,113 +88,252 @@ def stage(plan: BuildPlan, context: Path) -> dict[str, str]:
     return {}
 
 
-def _manifest(target: ImageUnderTest) -> dict:
-    return target.fact("manifest", lambda t: json.loads(t.read_file(paths.MEX_MANIFEST_IN_IMAGE)))
+#: Where the mex files are, inside the image.
+CUDA_DIR = f"{paths.KILOSORT_DIR}/CUDA"
+#: The libstdc++ MATLAB ships and loads before the system's (``<matlabroot>`` + this): MATLAB
+#: puts ``sys/os/glnxa64`` on its library path. MathWorks' image Dockerfile removes it "to
+#: force MATLAB to use the system libraries" (mathworks-ref-arch/container-images,
+#: matlab/Dockerfile: ``rm -f ${MATLAB_INSTALL_LOCATION}/sys/os/glnxa64/libstdc++.*``);
+#: older images and other installs keep it.
+MATLAB_LIBSTDCXX = "sys/os/glnxa64/libstdc++.so.6"
 
 
-def _present(target: ImageUnderTest) -> list[str]:
-    """Mex files of the manifest that are in the image (the other checks look at these)."""
-    found = set(target.fact("ls", lambda t: t.sh(f"ls {paths.KILOSORT_DIR}/CUDA")[1]).split())
-    return [name for name in sorted(_manifest(target)["binaries"]) if name in found]
+def _manifest(target: ImageUnderTest) -> dict[str, dict]:
+    """The manifest's ``binaries`` (``{mex file: {"sha256": ...}}``); raises CheckCannotRun
+    when it is missing, lists no mex file, or lacks a sha256."""
+    return target.fact("manifest", _load_manifest)
+
+
+def _load_manifest(target: ImageUnderTest) -> dict[str, dict]:
+    where = paths.MEX_MANIFEST_IN_IMAGE
+    try:
+        manifest = json.loads(target.read_file(where))
+    except FileNotFoundError as exc:
+        raise checks.CheckCannotRun(f"no mex manifest: {exc}") from None
+    except ValueError as exc:
+        raise checks.CheckCannotRun(f"{where} is not JSON: {exc}") from None
+    binaries = manifest.get("binaries") if isinstance(manifest, dict) else None
+    if not isinstance(binaries, dict) or not binaries:
+        raise checks.CheckCannotRun(f"{where} lists no mex files")
+    bad = [
+        name
+        for name, entry in binaries.items()
+        if not isinstance(entry, dict)
+        or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", "")))
+    ]
+    if bad:
+        raise checks.CheckCannotRun(f"{where} gives no sha256 for {', '.join(sorted(bad))}")
+    return binaries
+
+
+def _mex_files(target: ImageUnderTest) -> dict[str, bytes]:
+    """``{name: bytes}`` of the ``*.mexa64`` files in Kilosort's ``CUDA/`` folder (links
+    followed); raises CheckCannotRun when the folder is absent or a link is broken."""
+
+    def read(t: ImageUnderTest) -> dict[str, bytes]:
+        try:
+            found = t.read_folder(CUDA_DIR)
+        except FileNotFoundError as exc:
+            raise checks.CheckCannotRun(f"cannot read {CUDA_DIR}: {exc}") from None
+        return {name: data for name, data in found.items() if name.endswith(".mexa64")}
+
+    return target.fact("mex-files", read)
+
+
+def _coverage(target: ImageUnderTest) -> tuple[list[str], list[str]]:
+    """``(mex files of the manifest in the image, those missing)``, sorted."""
+    names, files = sorted(_manifest(target)), _mex_files(target)
+    return [n for n in names if n in files], [n for n in names if n not in files]
 
 
 def _mex_present(target: ImageUnderTest) -> tuple[bool, str]:
-    try:
-        names = sorted(_manifest(target)["binaries"])
-    except FileNotFoundError:
-        return False, f"{paths.MEX_MANIFEST_IN_IMAGE} is missing"
-    present = set(_present(target))
-    missing = [n for n in names if n not in present]
+    names = sorted(_manifest(target))
+    present, missing = _coverage(target)
+    # The mex files Kilosort's own CUDA/mexGPUall.m builds, by the project's mex spec.
+    expected = {f"{s.name}.mexa64" for s in mex.get_spec(target.pins.kilosort3.version).sources}
+    required = {
+        f"{s.name}.mexa64"
+        for s in mex.get_spec(target.pins.kilosort3.version, diagnostic=False).sources
+    }
+    unlisted = sorted(required - set(names))
+    problems = []
     if missing:
-        return False, f"missing from {paths.KILOSORT_DIR}/CUDA: {', '.join(missing)}"
-    return True, f"all {len(names)} mex files present"
+        problems.append(f"missing from {CUDA_DIR}: {', '.join(missing)}")
+    if unlisted:
+        problems.append(f"the manifest lacks {', '.join(unlisted)}")
+    summary = f"{len(present)} of {len(names)} mex files of the manifest in {CUDA_DIR}"
+    if problems:
+        return False, f"{summary}; " + "; ".join(problems)
+    extra = sorted(set(names) - expected)
+    note = f" (not built by Kilosort: {', '.join(extra)})" if extra else ""
+    return True, f"{summary}, every one Kilosort {target.pins.kilosort3.version} builds{note}"
 
 
 def _mex_checksums(target: ImageUnderTest) -> tuple[bool, str]:
-    binaries = _manifest(target)["binaries"]
-    _, out = target.sh(f"cd {paths.KILOSORT_DIR}/CUDA && sha256sum *.mexa64")
-    found = dict(reversed(line.split(maxsplit=1)) for line in out.splitlines() if "  " in line)
-    found = {name.strip(): digest for name, digest in found.items()}
-    present = [n for n in sorted(binaries) if n in found]
-    bad = [n for n in present if found[n] != binaries[n]["sha256"]]
-    if bad:
-        return False, f"sha256 differs from the manifest: {', '.join(bad)}"
-    return True, f"{len(present)} checksums match the manifest"
+    binaries, files = _manifest(target), _mex_files(target)
+    present, missing = _coverage(target)
+    bad = [n for n in present if hashlib.sha256(files[n]).hexdigest() != binaries[n]["sha256"]]
+    summary = f"{len(present) - len(bad)} of {len(binaries)} mex files match the manifest's sha256"
+    problems = [f"sha256 differs from the manifest: {', '.join(bad)}"] if bad else []
+    if missing:
+        problems.append(f"not in the image, not compared: {', '.join(missing)}")
+    return (False, f"{summary}; " + "; ".join(problems)) if problems else (True, summary)
 
 
 def _mex_exports(target: ImageUnderTest) -> tuple[bool, str]:
-    binaries = _present(target)
-    lacking = []
-    for name in binaries:
-        if "mexFunction" not in checks.dynamic_symbols(
-            target.read_file(f"{paths.KILOSORT_DIR}/CUDA/{name}")
-        ):
-            lacking.append(name)
-    if lacking:
-        return False, f"do not export mexFunction: {', '.join(lacking)}"
-    return True, f"all {len(binaries)} export mexFunction"
+    files = _mex_files(target)
+    present, missing = _coverage(target)
+    lacking = [n for n in present if "mexFunction" not in checks.dynamic_symbols(files[n])]
+    total = len(present) + len(missing)
+    summary = f"{len(present) - len(lacking)} of {total} mex files export mexFunction"
+    problems = [f"do not export mexFunction: {', '.join(lacking)}"] if lacking else []
+    if missing:
+        problems.append(f"not in the image, not read: {', '.join(missing)}")
+    return (False, f"{summary}; " + "; ".join(problems)) if problems else (True, summary)
+
+
+def _matlab_root(target: ImageUnderTest) -> str:
+    profile = target.profile
+    if profile is None:
+        raise checks.CheckCannotRun(
+            f"no {LABEL_PREFIX}.profile label naming a profile: cannot tell MATLAB's root"
+        )
+    return profile.matlab_root
 
 
 def _matlab_library_path(target: ImageUnderTest) -> str:
-    profile = target.profile
-    root = profile.matlab_root if profile else "/opt/matlab"
+    root = _matlab_root(target)
     return ":".join(f"{root}/{p}" for p in ("bin/glnxa64", "extern/bin/glnxa64", "sys/os/glnxa64"))
 
 
-def _ldd(target: ImageUnderTest) -> dict[str, dict[str, str]]:
-    """``{mex file: {library: resolved path or 'not found'}}`` as ldd sees it with MATLAB's
-    library path (run once per image)."""
+@dataclass(frozen=True)
+class _Ldd:
+    """ldd's view of one mex file: its exit status, ``{library: resolved path or 'not
+    found'}`` and its output lines."""
+
+    exit_code: int | None
+    libraries: dict[str, str]
+    lines: tuple[str, ...]
+
+
+def _ldd(target: ImageUnderTest) -> dict[str, _Ldd]:
+    """ldd's view of every mex file with MATLAB's library path (run once per image); raises
+    CheckCannotRun when ldd cannot run in the image."""
     return target.fact("ldd", _run_ldd)
 
 
-def _run_ldd(target: ImageUnderTest) -> dict[str, dict[str, str]]:
+def _run_ldd(target: ImageUnderTest) -> dict[str, _Ldd]:
     script = (
         f'export LD_LIBRARY_PATH="{_matlab_library_path(target)}"; '
-        f'for f in {paths.KILOSORT_DIR}/CUDA/*.mexa64; do echo "== $f"; ldd "$f"; done'
+        'command -v ldd >/dev/null 2>&1 || { echo "ldd is not in the image"; exit 127; }; '
+        f'cd "{CUDA_DIR}" || exit 2; '
+        'for f in *.mexa64; do echo "== $f"; ldd "./$f" 2>&1; echo "== exit $?"; done'
     )
-    _, out = target.sh(script)
-    result: dict[str, dict[str, str]] = {}
-    current = None
+    code, out = target.sh(script)
+    if code != 0:
+        last = out.strip().splitlines()[-1] if out.strip() else "no output"
+        raise checks.CheckCannotRun(f"ldd could not run in the image (exit {code}): {last}")
+    result: dict[str, _Ldd] = {}
+    current, libraries, lines = None, {}, []
     for line in out.splitlines():
-        if line.startswith("== "):
-            current = PurePosixPath(line[3:]).name
-            result[current] = {}
-        elif current and "=>" in line:
-            lib, _, where = line.strip().partition(" => ")
-            result[current][lib.strip()] = where.split(" (")[0].strip()
+        if line.startswith("== exit ") and current:
+            result[current] = _Ldd(int(line[8:]), libraries, tuple(lines))
+            current = None
+        elif line.startswith("== "):
+            current, libraries, lines = line[3:], {}, []
+        elif current:
+            lines.append(line.strip())
+            if "=>" in line:
+                lib, _, where = line.strip().partition(" => ")
+                libraries[lib.strip()] = where.split(" (")[0].strip()
     return result
 
 
 def _mex_libraries(target: ImageUnderTest) -> tuple[bool, str]:
-    unresolved = []
-    for name, libs in sorted(_ldd(target).items()):
-        for lib, where in libs.items():
+    present, missing = _coverage(target)
+    ldd = _ldd(target)
+    unresolved, failed = [], []
+    for name in present:
+        seen = ldd.get(name)
+        if seen is None or seen.exit_code != 0:
+            why = (seen.lines[0] if seen and seen.lines else "no output") if seen else "not run"
+            failed.append(f"{name} ({why})")
+            continue
+        for lib, where in seen.libraries.items():
             if where == "not found" and not lib.startswith(DRIVER_LIBRARIES):
                 unresolved.append(f"{name}: {lib}")
+    clean = len(present) - len(failed) - len({u.split(":")[0] for u in unresolved})
+    summary = (
+        f"ldd resolves every library (the GPU driver's aside) of {clean} of "
+        f"{len(present) + len(missing)} mex files with MATLAB's path"
+    )
+    problems = []
     if unresolved:
-        return False, f"ldd cannot resolve {'; '.join(unresolved)}"
-    return True, "ldd resolves every library (the GPU driver's aside) with MATLAB's path"
+        problems.append(f"ldd cannot resolve {'; '.join(unresolved)}")
+    if failed:
+        problems.append(f"ldd failed on {'; '.join(failed)}")
+    if missing:
+        problems.append(f"not in the image, not checked: {', '.join(missing)}")
+    return (False, f"{summary}; " + "; ".join(problems)) if problems else (True, summary)
+
+
+def _libstdcxx(target: ImageUnderTest, present: list[str]) -> tuple[dict[str, str], str]:
+    """``({mex file: libstdc++ path MATLAB loads for it}, how it was chosen)``: MATLAB's own
+    ``sys/os/glnxa64/libstdc++.so.6`` when the image has it (MATLAB loads it first), else
+    the system's as ldd resolves it with MATLAB's library path."""
+    own = f"{_matlab_root(target)}/{MATLAB_LIBSTDCXX}"
+    try:
+        target.read_resolved(own)
+    except checks.BrokenLink as exc:
+        raise checks.CheckCannotRun(f"MATLAB's libstdc++ is a broken link: {exc}") from None
+    except FileNotFoundError:
+        ldd = _ldd(target)
+        chosen = {
+            name: ldd[name].libraries.get("libstdc++.so.6", "") for name in present if name in ldd
+        }
+        return chosen, "the system's as ldd resolves it; MATLAB's own is removed"
+    return dict.fromkeys(present, own), "MATLAB's own, which it loads first"
 
 
 def _mex_glibcxx(target: ImageUnderTest) -> tuple[bool, str]:
-    problems, checked = [], 0
-    ldd = _ldd(target)
-    for name in _present(target):
-        needed = checks.elf_glibcxx_needed(target.read_file(f"{paths.KILOSORT_DIR}/CUDA/{name}"))
-        if not needed:
-            continue
-        where = ldd.get(name, {}).get("libstdc++.so.6")
+    files = _mex_files(target)
+    present, missing = _coverage(target)
+    needs = {n: checks.elf_glibcxx_needed(files[n]) for n in present}
+    needy = [n for n in present if needs[n]]
+    problems = [f"not in the image, not read: {', '.join(missing)}"] if missing else []
+    highest = max((v for n in needy for v in needs[n]), key=checks.glibcxx_key, default=None)
+    if not needy:
+        total = len(present) + len(missing)
+        summary = f"{len(present)} of {total} mex files read; none needs a GLIBCXX version"
+        return (False, f"{summary}; " + "; ".join(problems)) if problems else (True, summary)
+    chosen, how = _libstdcxx(target, needy)
+    provided: dict[str, tuple[str, set[str]]] = {}
+    met = 0
+    for name in needy:
+        where = chosen.get(name)
         if not where or where == "not found":
-            problems.append(f"{name} needs libstdc++ but none is found")
+            problems.append(f"{name} needs libstdc++ but ldd finds none")
             continue
-        provided = checks.glibcxx_provided(target.read_file(where))
-        missing = sorted(needed - provided)
-        checked += 1
-        if missing:
-            problems.append(f"{name} needs {', '.join(missing)}, not in {where}")
-    if problems:
-        return False, "; ".join(problems)
-    return True, f"GLIBCXX needs of {checked} mex files met by the libstdc++ MATLAB loads"
+        if where not in provided:
+            resolved, data = target.read_resolved(where)
+            provided[where] = (resolved, checks.glibcxx_provided(data))
+        resolved, versions = provided[where]
+        lacking = sorted(needs[name] - versions, key=checks.glibcxx_key)
+        if lacking:
+            shown = where if resolved == where else f"{where} -> {resolved}"
+            problems.append(f"{name} needs {', '.join(lacking)}, not in {shown} ({how})")
+        else:
+            met += 1
+    libraries = ", ".join(
+        where if resolved == where else f"{where} -> {resolved}"
+        for where, (resolved, _) in sorted(provided.items())
+    )
+    summary = (
+        f"GLIBCXX needs (up to {highest}) of {met} of {len(needy)} mex files that have any "
+        f"({len(present) + len(missing)} in the manifest) met by "
+        f"{libraries or 'no libstdc++'} ({how})"
+    )
+    return (False, f"{summary}; " + "; ".join(problems)) if problems else (True, summary)
 
 
 def size_budget_gb(profile) -> float:
