@@ -167,3 +167,31 @@ def test_tampered_committed_mex_binary_is_refused(docker_client, kilosort3_stack
     with pytest.raises(UserError, match="mexWtW2.mexa64: .*does not match"):
         build.execute(bad, docker_client)
     assert (copy / "mexWtW2.mexa64").read_bytes() == b"not the binary the manifest names"
+
+
+# --- issue 11 item 1: references checked before any work, dry runs included -------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("build", "--image", "kilosort4", "--namespace", "MyLab", "--dry-run"),
+        ("push", "--namespace", "MyLab", "--registry", "127.0.0.1:5000"),
+        ("check-images", "--namespace", "MyLab"),
+        ("push", "--namespace", "MyLab", "--dry-run"),
+    ],
+)
+def test_upper_case_namespace_is_one_line_before_any_work(args):
+    line = one_error_line(invoke(*args))
+    assert "--namespace 'MyLab'" in line and "must be lowercase" in line and "mylab" in line
+
+
+@pytest.mark.parametrize("registry", ["127.0.0.1:5000/", "http://127.0.0.1:5000", "reg istry"])
+def test_registry_that_is_not_host_port_is_one_line(registry):
+    line = one_error_line(invoke("push", "--registry", registry, "--dry-run"))
+    assert "give --registry as host[:port]" in line
+
+
+def test_host_compiler_that_is_not_a_compiler_is_refused():
+    line = one_error_line(invoke("build-mex", "--dry-run", "--host-compiler", "g++-10 -O0"))
+    assert "is not a host compiler: give g++-N" in line

@@ -20,10 +20,12 @@ from tests.support import (
     COMMITS,
     PINNED_FILES,
     REPO_ROOT,
+    TAGS_PATH,
     TODAY,
     FakeAPI,
     closed_port,
     git,
+    github_tag,
     isolate,
 )
 
@@ -252,3 +254,35 @@ def test_a_missing_changelog_is_created(pinned_repo: Path, fake_api: FakeAPI) ->
 
 def test_the_real_repository_files_are_untouched() -> None:
     assert _digests(REPO_ROOT) == REAL_FILES
+
+
+# --- what upstream returns is checked before it is written (issue 11 item 6) ------------------
+
+
+def _serve_v303(fake_api: FakeAPI, sha: str) -> None:
+    item = github_tag("{base}", "v3.0.3")
+    item["commit"]["sha"] = sha
+    fake_api.set(f"{TAGS_PATH}?per_page=100", [item, github_tag("{base}", "v3.0.2")])
+
+
+@pytest.mark.parametrize("sha", ["refs/tags/v3.0.3", COMMITS["v3.0.3"][:12]])
+def test_a_tag_commit_that_is_not_a_commit_changes_nothing(
+    pinned_repo: Path, fake_api: FakeAPI, sha: str
+) -> None:
+    # Issue 11: a mirror answering "commit": {"sha": "refs/tags/v3.0.3"} made bump write
+    # commit = "refs/ta" and report success.
+    _serve_v303(fake_api, sha)
+    before = _digests(pinned_repo)
+    with pytest.raises(UserError, match=r"is not a commit \(40 hex digits\)"):
+        run_bump(pinned_repo, fake_api, "3.0.3")
+    assert _digests(pinned_repo) == before
+
+
+def test_an_annotated_tag_is_pinned_at_its_commit(pinned_repo: Path, fake_api: FakeAPI) -> None:
+    tag_object = "7a6f" * 10
+    _serve_v303(fake_api, tag_object)  # the tag list names the tag object
+    fake_api.serve_ref("v3.0.3", annotated=tag_object)
+    plan = run_bump(pinned_repo, fake_api, "3.0.3")
+    config = tomllib.loads((pinned_repo / "kilosort-docker.toml").read_text())
+    assert config["kilosort3"]["commit"] == COMMITS["v3.0.3"][:7]
+    assert f"({COMMITS['v3.0.3'][:7]})" in plan.summary

@@ -223,3 +223,29 @@ def test_r2024a_is_an_ubuntu_22_04_profile_marked_unverified():
     assert (profile.ubuntu, profile.host_compiler, profile.cuda) == ("22.04", "g++-11", "12.2")
     assert profile.verified is False
     assert all(p.verified for name, p in PROFILES.items() if name != "r2024a")
+
+
+# --- issue 11 item 6: the pinned commit in any form is the pin --------------------------------
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["c43f52452e474024a75ffed4152bce1ebede4eed", "C43F52452E474024A75FFED4152BCE1EBEDE4EED"]
+    + ["c43f52452e47"],
+)
+def test_the_pinned_commit_in_full_keeps_the_tag_and_mex_folder(pins, given):
+    default = plan.plan_for(plan.BuildOptions(images=("kilosort3",)), pins=pins)
+    given_plan = plan.plan_for(
+        plan.BuildOptions(images=("kilosort3",), kilosort_commit=given), pins=pins
+    )
+    assert given_plan.pins == pins
+    assert given_plan.mex_binaries_folder == default.mex_binaries_folder
+    assert given_plan.mex_binaries_folder.name == "c43f524"
+    assert given_plan.step("kilosort3-code").buildargs["KILOSORT_COMMIT"] == "c43f524"
+    assert "Kilosort v3.0.2 from" in plan.describe(given_plan)
+
+
+def test_a_tag_made_from_a_version_is_checked(pins):
+    odd = replace(pins, kilosort3=replace(pins.kilosort3, version="3.0.2+local"))
+    with pytest.raises(UserError, match="planned tag of kilosort3-code.*3.0.2\\+local-r2022b"):
+        plan.plan_for(plan.BuildOptions(images=("kilosort3",)), pins=odd)

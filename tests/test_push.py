@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+from kilosort_docker import commands
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import push
 from tests import support
@@ -73,3 +74,24 @@ def test_half_set_credentials_are_refused(monkeypatch):
     monkeypatch.delenv(push.PASSWORD_ENV, raising=False)
     with pytest.raises(UserError, match="set both"):
         push.credentials()
+
+
+@pytest.mark.parametrize(
+    ("registry", "namespace", "match"),
+    [
+        ("127.0.0.1:5000", "MyLab", "--namespace 'MyLab'.*must be lowercase"),
+        ("127.0.0.1:5000/", "lab", "--registry '127.0.0.1:5000/' holds a '/'"),
+        ("127.0.0.1:5000", "lab team", "whitespace"),
+    ],
+)
+def test_bad_registry_or_namespace_is_refused_before_any_tag(
+    docker_client, registry, namespace, match
+):
+    # Issue 11: the engine used to answer `APIError 400 ... repository name must be lowercase`
+    # as a traceback; now the push is refused before it tags or pushes anything.
+    plan = commands.make_plan(images=["kilosort4"], namespace=support.NAMESPACE)
+    before = sorted(t for image in docker_client.images.list() for t in image.tags)
+    with pytest.raises(UserError, match=match) as info:
+        push.push(plan, docker_client, registry=registry, namespace=namespace)
+    assert "\n" not in str(info.value)
+    assert sorted(t for image in docker_client.images.list() for t in image.tags) == before

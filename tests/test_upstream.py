@@ -257,3 +257,72 @@ def test_up_to_date(fake_api: FakeAPI, pinned_root: Path) -> None:
     reports = upstream.newer_releases(pinned_root, api_url=fake_api.url, pypi_url=fake_api.url)
     assert all(not r.newer for r in reports)
     assert "kilosort3: pinned 3.0.2 is up to date" in upstream.describe(reports)
+
+
+# --- what the API returns is checked (issue 11 item 6) ----------------------------------------
+
+TAG_OBJECT = "7a6f" * 10  # the sha of an annotated tag object, not of a commit
+
+
+def serve_v303(fake_api: FakeAPI, sha: object) -> None:
+    """One page of tags where v3.0.3's ``commit.sha`` is ``sha``."""
+    item = github_tag("{base}", "v3.0.3")
+    item["commit"]["sha"] = sha
+    fake_api.set(f"{TAGS_PATH}?per_page=100", [item, github_tag("{base}", "v3.0.2")])
+
+
+@pytest.mark.parametrize(
+    "sha", ["refs/tags/v3.0.3", COMMITS["v3.0.3"][:12], "", None, COMMITS["v3.0.3"] + "0"]
+)
+def test_a_tag_commit_that_is_not_40_hex_is_refused(fake_api: FakeAPI, sha: object) -> None:
+    serve_v303(fake_api, sha)
+    with pytest.raises(UserError, match=r"malformed tag .*is not a commit \(40 hex digits\)"):
+        upstream.github_tags(api_url=fake_api.url)
+    with pytest.raises(UserError, match="is not a commit"):
+        upstream.find_tag("3.0.3", api_url=fake_api.url)
+
+
+def test_an_upper_case_tag_commit_is_lower_cased(fake_api: FakeAPI) -> None:
+    serve_v303(fake_api, COMMITS["v3.0.3"].upper())
+    assert upstream.find_tag("3.0.3", api_url=fake_api.url).commit == COMMITS["v3.0.3"]
+
+
+def test_an_annotated_tag_is_dereferenced_to_its_commit(fake_api: FakeAPI) -> None:
+    serve_v303(fake_api, TAG_OBJECT)  # a mirror that lists the tag object, not the commit
+    fake_api.serve_ref("v3.0.3", annotated=TAG_OBJECT)
+    listed = upstream.find_tag("3.0.3", api_url=fake_api.url)
+    assert listed.commit == TAG_OBJECT
+    tag = upstream.tag_commit(listed, api_url=fake_api.url)
+    assert (tag.name, tag.commit) == ("v3.0.3", COMMITS["v3.0.3"])
+    assert upstream.resolve_tag("v3.0.3", api_url=fake_api.url) == COMMITS["v3.0.3"]
+    assert fake_api.paths()[-2:] == [
+        f"/repos/{upstream.REPOSITORY}/git/refs/tags/v3.0.3",
+        f"/repos/{upstream.REPOSITORY}/git/tags/{TAG_OBJECT}",
+    ]
+
+
+def test_a_tag_of_a_tag_is_followed_and_a_tree_is_refused(fake_api: FakeAPI) -> None:
+    outer = "0a0b" * 10
+    fake_api.serve_ref("v3.0.3", annotated=TAG_OBJECT)
+    fake_api.set(
+        f"/repos/{upstream.REPOSITORY}/git/refs/tags/v3.0.3",
+        {"ref": "refs/tags/v3.0.3", "object": {"type": "tag", "sha": outer}},
+    )
+    fake_api.set(
+        f"/repos/{upstream.REPOSITORY}/git/tags/{outer}",
+        {"sha": outer, "object": {"type": "tag", "sha": TAG_OBJECT}},
+    )
+    tag = upstream.tag_commit(upstream.Tag("v3.0.3", outer), api_url=fake_api.url)
+    assert tag.commit == COMMITS["v3.0.3"]
+    fake_api.set(
+        f"/repos/{upstream.REPOSITORY}/git/refs/tags/v3.0.3",
+        {"ref": "refs/tags/v3.0.3", "object": {"type": "tree", "sha": outer}},
+    )
+    with pytest.raises(UserError, match="does not dereference tag v3.0.3 to a commit"):
+        upstream.tag_commit(upstream.Tag("v3.0.3", outer), api_url=fake_api.url)
+    fake_api.set(
+        f"/repos/{upstream.REPOSITORY}/git/refs/tags/v3.0.3",
+        {"ref": "refs/tags/v3.0.3", "object": {"type": "commit", "sha": "refs/tags/v3.0.3"}},
+    )
+    with pytest.raises(UserError, match=r"object.sha.*is not a commit"):
+        upstream.tag_commit(upstream.Tag("v3.0.3", outer), api_url=fake_api.url)
