@@ -198,7 +198,7 @@ class Report:
         """The report as JSON-ready data."""
         data = asdict(self)
         data["image"]["repo_digests"] = list(self.image.repo_digests)
-        data["steps"] = [asdict(s) for s in self.steps]
+        data["steps"] = [asdict(s) | {"seconds": round(s.seconds, 3)} for s in self.steps]
         data["groundtruth"] = dict(self.groundtruth) if self.groundtruth is not None else None
         data["versions"] = dict(self.versions)
         return data
@@ -743,7 +743,7 @@ def summary_table(report: Report, path: Path):
         mark = {PASSED: "[green]passed[/]", FAILED: "[red]failed[/]"}.get(
             step.status, "[yellow]skipped[/]"
         )
-        extra = f" ({step.seconds:.0f} s)" if step.seconds else ""
+        extra = f" ({step.seconds:.1f} s)" if step.seconds else ""
         table.add_row(
             step.name, f"{mark}{extra}" + (f": {_escape(step.reason)}" if step.reason else "")
         )
@@ -790,7 +790,7 @@ def progress_printer(console) -> Callable[[str, StepResult | None], None]:
         reason = f": {_escape(result.reason)}" if result.reason else ""
         console.print(
             f"[bold][{n}/{len(STEPS)}] {name}[/]: [{colour}]{result.status}[/] "
-            f"in {result.seconds:.0f} s{reason}",
+            f"in {result.seconds:.1f} s{reason}",
             highlight=False,
         )
 
