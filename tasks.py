@@ -333,7 +333,7 @@ def release(
     ui.setup_logging(verbose)
     registry = site_setting(c, "registry", registry)
     if push:  # before the tests run: the images of this release must have been built
-        commands.release_record()
+        commands.release_record(registry=registry)
         if dry_run:
             commands.push(registry=registry, require_record=True, dry_run=True)
     release_mod.release(

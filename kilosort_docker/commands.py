@@ -85,9 +85,13 @@ def build(
     return built
 
 
-def release_record(profile: str = DEFAULT_PROFILE) -> record_mod.BuildRecord:
+def release_record(
+    profile: str = DEFAULT_PROFILE, *, registry: str | None = None
+) -> record_mod.BuildRecord:
     """The build record of ``profile`` for the release in ``VERSION`` (what ``release --push``
-    pushes); raises UserError if nothing was built or the record is of another release."""
+    pushes); raises UserError if nothing was built, the record is of another release, or
+    ``registry`` (where it will be pushed) is not ``host[:port]``: before the tests run."""
+    references.check_registry(registry)
     name = get_profile(profile).name
     recorded = record_mod.load(name)
     release = str(load_pins().release)

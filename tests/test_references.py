@@ -423,3 +423,10 @@ def test_pins_are_read_in_canonical_form(pinned_root):
 
 def test_support_namespace_is_valid():
     assert references.check_namespace(support.NAMESPACE) == support.NAMESPACE
+
+
+def test_release_push_checks_the_registry_before_the_tests_run():
+    from kilosort_docker import commands
+
+    with pytest.raises(UserError, match="--registry '127.0.0.1:5000/' holds a '/'"):
+        commands.release_record(registry="127.0.0.1:5000/")
