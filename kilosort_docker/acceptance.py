@@ -636,7 +636,9 @@ def run(
 
     Args:
         plan: from :func:`make_plan`.
-        client: docker SDK client (default :func:`kilosort_docker.engine.connect`).
+        client: docker SDK client for reading the image's ID, digests and labels (default
+            :func:`kilosort_docker.engine.connect`); the steps connect to the same engine
+            (``DOCKER_HOST``) themselves.
         gpu: False starts check-gpu's container without GPUs (tests on the stand-in
             MATLAB base); the ground-truth test always asks for them.
         groundtruth_command: how the ground-truth test is started (its arguments follow).
