@@ -8,6 +8,7 @@ Everything is re-exported here; the modules split it by area:
 - ``images``: test image names, a debootstrapped Debian, the test Python base, builds.
 - ``standins``: the Kilosort3 chain on stand-ins (MATLAB base, mex API, mex files) and its plan.
 - ``release``: a local server answering like GitHub's and PyPI's APIs, for bump and release.
+- ``toolkits``: Debian's CUDA 11.8 as a runfile-style toolkit folder (R2022b's gencode list).
 
 Fixtures are in ``tests/conftest.py``.
 """
@@ -52,13 +53,28 @@ from .standins import (
     standin_chain_plan,
     write_standin_mex,
 )
+from .toolkits import (
+    DEBIAN_CUDA_FOLDER,
+    DEBIAN_CUDA_HOST_COMPILER,
+    DEBIAN_CUDA_IMAGE,
+    DEBIAN_CUDA_VERSION,
+    MATLAB_STANDIN_CUDART_IMAGE,
+    build_debian_cuda_image,
+    debian_cuda_toolkit,
+    standin_with_cudart,
+)
 
 __all__ = [
     "COMMITS",
+    "DEBIAN_CUDA_FOLDER",
+    "DEBIAN_CUDA_HOST_COMPILER",
+    "DEBIAN_CUDA_IMAGE",
+    "DEBIAN_CUDA_VERSION",
     "DEBIAN_IMAGE",
     "GIT_ENV",
     "KILOSORT3_MEX",
     "MAKE_ROOT",
+    "MATLAB_STANDIN_CUDART_IMAGE",
     "MATLAB_STANDIN_IMAGE",
     "NAMESPACE",
     "NOT_FOUND",
@@ -73,10 +89,12 @@ __all__ = [
     "TESTS",
     "TODAY",
     "FakeAPI",
+    "build_debian_cuda_image",
     "build_dockerfile",
     "build_matlab_standin",
     "build_python_base",
     "closed_port",
+    "debian_cuda_toolkit",
     "debootstrap_image",
     "free_port",
     "git",
@@ -95,6 +113,7 @@ __all__ = [
     "registry",
     "serve_fake_api",
     "standin_chain_plan",
+    "standin_with_cudart",
     "tar_bytes",
     "write_standin_mex",
 ]

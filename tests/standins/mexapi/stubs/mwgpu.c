@@ -6,6 +6,7 @@
 int mxInitGPU(void) { return 1; }
 int mxIsGPUArray(const mxArray *array) { (void)array; return 0; }
 const mxGPUArray *mxGPUCreateFromMxArray(const mxArray *array) { (void)array; return NULL; }
+mxGPUArray *mxGPUCopyFromMxArray(const mxArray *array) { (void)array; return NULL; }
 mxGPUArray *mxGPUCreateGPUArray(mwSize ndims, const mwSize *dims, mxClassID cls,
                                 mxComplexity complexity, mxGPUInitialize init)
 {

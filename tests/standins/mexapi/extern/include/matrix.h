@@ -1,5 +1,7 @@
 /* STAND-IN written for kilosort-docker's tests; not MathWorks code. See ../../README.md.
- * Declares only what the test sources use. */
+ * Declares only what the test sources and Kilosort v3.0.2's CUDA sources use; the
+ * signatures follow MathWorks' public documentation of each function (MATLAB C Matrix API
+ * reference pages), the class list follows the documented order of mxClassID. */
 #ifndef KSD_STANDIN_MATRIX_H
 #define KSD_STANDIN_MATRIX_H
 
@@ -19,13 +21,20 @@ typedef int mwIndex;
 
 typedef struct ksd_standin_mxArray mxArray;
 
-typedef enum { mxUNKNOWN_CLASS = 0, mxDOUBLE_CLASS = 6, mxSINGLE_CLASS = 7, mxINT32_CLASS = 12 }
-    mxClassID;
+typedef enum {
+    mxUNKNOWN_CLASS = 0, mxCELL_CLASS, mxSTRUCT_CLASS, mxLOGICAL_CLASS, mxCHAR_CLASS,
+    mxVOID_CLASS, mxDOUBLE_CLASS, mxSINGLE_CLASS, mxINT8_CLASS, mxUINT8_CLASS, mxINT16_CLASS,
+    mxUINT16_CLASS, mxINT32_CLASS, mxUINT32_CLASS, mxINT64_CLASS, mxUINT64_CLASS,
+    mxFUNCTION_CLASS
+} mxClassID;
 typedef enum { mxREAL = 0, mxCOMPLEX = 1 } mxComplexity;
 
 double mxGetScalar(const mxArray *array);
 size_t mxGetNumberOfElements(const mxArray *array);
 mxArray *mxCreateDoubleScalar(double value);
+mxArray *mxCreateNumericArray(mwSize ndim, const mwSize *dims, mxClassID classid,
+                              mxComplexity complexity);
+void *mxGetData(const mxArray *array);
 
 #ifdef __cplusplus
 }

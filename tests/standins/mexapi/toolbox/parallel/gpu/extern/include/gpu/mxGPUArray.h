@@ -1,5 +1,7 @@
 /* STAND-IN written for kilosort-docker's tests; not MathWorks code. See the README.md at the
- * root of this stand-in tree. Declares only what the test sources use. */
+ * root of this stand-in tree. Declares only what the test sources and Kilosort v3.0.2's CUDA
+ * sources use, with the signatures of MathWorks' public documentation (mxGPUArray C API
+ * reference pages). */
 #ifndef KSD_STANDIN_MXGPUARRAY_H
 #define KSD_STANDIN_MXGPUARRAY_H
 
@@ -15,6 +17,7 @@ typedef enum { MX_GPU_INITIALIZE_VALUES = 0, MX_GPU_DO_NOT_INITIALIZE = 1 } mxGP
 int mxInitGPU(void);
 int mxIsGPUArray(const mxArray *array);
 const mxGPUArray *mxGPUCreateFromMxArray(const mxArray *array);
+mxGPUArray *mxGPUCopyFromMxArray(const mxArray *array);
 mxGPUArray *mxGPUCreateGPUArray(mwSize ndims, const mwSize *dims, mxClassID cls,
                                 mxComplexity complexity, mxGPUInitialize init);
 const void *mxGPUGetDataReadOnly(const mxGPUArray *array);
