@@ -24,6 +24,7 @@ from kilosort_docker import containers
 from tests import support
 from tests.support.fakes import FakeClient, FakeContainer, leftovers
 
+#: ``nvidia-smi -L`` as it printed on an H200 host (the UUID changed).
 H200 = b"GPU 0: NVIDIA H200 (UUID: GPU-3f1e2d4c-0000-1111-2222-333344445555)\n"
 #: What Docker 20.10-28 says to ``--gpus all`` without the NVIDIA Container Toolkit.
 NO_TOOLKIT = 'could not select device driver "" with capabilities: [[gpu]]'
