@@ -387,10 +387,12 @@ def make_plan(
     Raises:
         UserError: no license or one FlexLM does not accept (see
             :func:`kilosort_docker.matlab.resolve_license`); an unknown profile; a duration
-            that is not positive; ``out`` exists already or is not a ``.json`` file name.
+            that is not positive; ``out`` exists already or is not a ``.json`` file name;
+            ``image`` breaks Docker's reference grammar.
     """
     from kilosort_docker import commands
     from kilosort_docker.images.profiles import get_profile
+    from kilosort_docker.images.references import check_reference
 
     chosen = get_profile(profile).name
     lic = matlab.resolve_license(license)
@@ -399,6 +401,7 @@ def make_plan(
     if image is None:
         _, built = commands.built_plan(profile=chosen, images=["kilosort3"], namespace=namespace)
         image = built[-1][0].refs[0]
+    check_reference(image, what="--image", fix="give --image as [registry/]name[:tag], lowercase")
     gpu = gpu if gpu is not None else query_gpu()
     if out is not None:
         path = Path(out)
@@ -433,14 +436,22 @@ def image_info(client, ref: str) -> ImageInfo:
     """What the engine says about ``ref`` (see :class:`ImageInfo`).
 
     Raises:
-        UserError: the image is not present (build it first).
+        UserError: ``ref`` breaks Docker's reference grammar, the image is not present (build
+            it first), or the engine refused the lookup (one line).
     """
     import docker.errors
 
+    from kilosort_docker.images.references import check_reference
+
+    check_reference(ref, what="--image", fix="give --image as [registry/]name[:tag], lowercase")
     try:
         image = client.images.get(ref)
     except docker.errors.ImageNotFound:
         raise UserError(f"{ref} is not built: run `invoke build --image kilosort3` first") from None
+    except docker.errors.DockerException as error:
+        said = str(error).strip()
+        message = said.splitlines()[-1] if said else type(error).__name__
+        raise UserError(f"could not look up {ref}: {message}") from None
     labels = image.labels or {}
     return ImageInfo(
         ref=ref,

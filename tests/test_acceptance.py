@@ -286,6 +286,29 @@ def test_dry_run_prints_the_steps_and_runs_nothing(tmp_path):
     assert "never overwritten" in done.stderr and existing.read_text() == "{}"
 
 
+@pytest.mark.parametrize("image", ["MyLab/Kilosort3:latest", "lab/ks3:bad tag", "lab//ks3"])
+def test_dry_run_refuses_an_image_reference_docker_would_refuse(tmp_path, image):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": os.environ["PATH"]}
+    done = _invoke("--dry-run", "--license", "27000@h", "--image", image, env=env)
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --image"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_image_lookup_refused_by_the_engine_is_one_line():
+    import docker.errors
+
+    class Images:
+        def get(self, ref):
+            raise docker.errors.APIError('500 Server Error: Internal Server Error ("boom")')
+
+    client = type("Client", (), {"images": Images()})()
+    with pytest.raises(UserError, match=r"^could not look up lab/ks3:1: .*boom") as caught:
+        acceptance.image_info(client, "lab/ks3:1")
+    assert "\n" not in str(caught.value)
+
+
 def _error(call) -> Exception:
     try:
         call()
