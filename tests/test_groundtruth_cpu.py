@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("spikeinterface")
 
+from kilosort_docker.errors import UserError  # noqa: E402
 from kilosort_docker.groundtruth import run as groundtruth  # noqa: E402
 from kilosort_docker.groundtruth.sorters import SortResult  # noqa: E402
 
@@ -119,6 +120,114 @@ def test_kilosort3_unreachable_license_server(monkeypatch):
     reason = groundtruth.preflight(plan)
     assert reason is not None and "does not answer" in reason
     assert "127.0.0.1" not in reason  # the license value is never printed
+
+
+# --------------------------------------------------------------------------- what the sorter
+# cannot handle: refused before any work (exit 2), or a crash reported as a verdict (exit 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # issue 11 item 5: Kilosort 4 crashed inside its whitening step with a traceback
+        (["--device", "cpu", "--duration", "1"], "too short for Kilosort 4"),
+        # exactly one Kilosort 4 batch (60000 samples) fails the same way
+        (["--device", "cpu", "--duration", "2"], "at least 60061 samples"),
+        # Kilosort 3 batches are 65472 samples (ops.NT): refused before its license preflight
+        (
+            ["--sorter", "kilosort3", "--mode", "container", "--image", "kilosort3:test"]
+            + ["--duration", "2.1"],
+            "too short for Kilosort 3",
+        ),
+    ],
+)
+def test_recording_the_sorter_cannot_handle_is_refused(tmp_path, args, message, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    code = groundtruth.main([*args, "--out", str(out), "--cache", str(cache)])
+    captured = capsys.readouterr()
+    assert code == groundtruth.EXIT_USAGE, captured
+    [line] = captured.err.strip().splitlines()  # one line
+    assert message in line and "pass --duration" in line
+    assert not out.exists() and not cache.exists()  # before any work
+
+
+def test_shortest_recordings_the_sorters_take():
+    """The limits follow the sorters' batch sizes: Kilosort 4.1.7 batch_size 60000 and nt 61
+    (kilosort/parameters.py), Kilosort 3.0.2 NT = 64*1024 - 64 (configFile384.m)."""
+    from kilosort_docker.groundtruth.simulate import SimulationParams
+    from kilosort_docker.groundtruth.sorters import kilosort3, kilosort4
+
+    assert kilosort4.min_samples() == 60000 + 61
+    assert kilosort3.min_samples() == 64 * 1024 - 64 + 1
+    for sorter, shortest in (("kilosort4", 2.1), ("kilosort3", 2.2)):
+        groundtruth.refuse_recording(sorter, SimulationParams(duration_s=shortest))
+        with pytest.raises(UserError, match=f"pass --duration {shortest:g} or longer"):
+            groundtruth.refuse_recording(sorter, SimulationParams(duration_s=shortest - 0.1))
+
+
+def test_sorter_crash_is_a_verdict(tmp_path, capsys):
+    """Kilosort 4 on CPU raises in its clustering (too few spikes in 2.1 s): exit 1, one
+    FAIL line with the exception's last line, and a summary.json that records it."""
+    pytest.importorskip("kilosort")
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--duration", "2.1", "--channels", "16", "--units", "4"]
+    code = groundtruth.main([*args, "--out", str(out), "--cache", str(tmp_path / "c"), "-q"])
+    captured = capsys.readouterr()
+    assert code == groundtruth.EXIT_FAIL, captured
+    last = captured.out.strip().splitlines()[-1]
+    assert last == "[groundtruth] FAIL: the sorter crashed: " + CLUSTERING_CRASH
+    assert "Traceback" not in captured.out + captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] is False and summary["runs"] == []
+    assert summary["error"] == "the sorter crashed: " + CLUSTERING_CRASH
+    assert summary["simulation"]["duration_s"] == 2.1
+    assert "Traceback" in (out / "run-1" / "kilosort4.log").read_text()  # kept for the user
+
+
+#: What Kilosort 4.1.7 raises on 2.1 s, 16 channels, 4 units (seed 42) on the CPU.
+CLUSTERING_CRASH = "ValueError: n_samples=3 should be >= n_clusters=6."
+
+
+def test_sorter_crash_from_the_command_line(tmp_path):
+    """The same through ``python -m``, with a crash elsewhere: on 8 channels Kilosort 4 finds
+    no spike to learn its templates from (MouseLand/Kilosort issue 776)."""
+    pytest.importorskip("kilosort")
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--duration", "2.1", "--channels", "8", "--units", "2", "-q"]
+    env = {k: v for k, v in os.environ.items() if k != groundtruth.REQUIRE_GPU_VARIABLE}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kilosort_docker.groundtruth", *args, "--out", str(out)]
+        + ["--cache", str(tmp_path / "c")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == groundtruth.EXIT_FAIL, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("[groundtruth] FAIL: the sorter crashed: ValueError: Found array")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] is False and "TruncatedSVD" in summary["error"]
+
+
+def test_output_that_cannot_be_scored_is_a_fail(tmp_path, monkeypatch, capsys):
+    """A sorter that finishes with no spike at all: a failed sort, not a usage error."""
+
+    def no_spikes(sorter, mode, data_dir, out_dir, **kwargs):
+        out = Path(out_dir)
+        out.mkdir(parents=True)
+        np.save(out / "spike_times.npy", np.zeros(0, np.uint64))
+        np.save(out / "spike_clusters.npy", np.zeros(0, np.int32))
+        (out / "params.py").write_text("sample_rate = 30000.0\n")
+        return SortResult(sorter, mode, out, 1.0, {"device": "fake"})
+
+    monkeypatch.setattr("kilosort_docker.groundtruth.sorters.run_kilosort", no_spikes)
+    out = tmp_path / "out"
+    code = groundtruth.main([*SMALL, "--out", str(out), "--cache", str(tmp_path / "c"), "-q"])
+    assert code == groundtruth.EXIT_FAIL
+    assert "FAIL: the sort could not be scored: empty sorting" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] is False and summary["runs"][0]["device"] == "fake"
 
 
 def test_full_kilosort4_run_on_cpu(tmp_path):

@@ -178,3 +178,57 @@ def test_threshold_errors(tmp_path):
     bad.write_text("[[size]]\nname = 'x'\nmax_channels = 64\nmin_median_accurracy = 1\n")
     with pytest.raises(UserError, match="unknown keys"):
         scoring.load_thresholds(bad, n_channels=32)
+
+
+# --------------------------------------------------------------------------- silent units
+
+
+def small_limits():
+    return scoring.load_thresholds(scoring.thresholds_path("kilosort4"), n_channels=16)
+
+
+def test_perfect_sort_of_a_very_short_recording_passes(tmp_path):
+    """0.2 s, 10 units at 2-8 Hz: half the units never fire. A perfect sort used to fail
+    (well-detected fraction 0.5); units without spikes are now left out of every number."""
+    short = simulate(SimulationParams(duration_s=0.2, n_channels=16, n_units=10), tmp_path)
+    times, labels = gt_arrays(short)
+    silent = sorted(set(range(10)) - set(labels.tolist()))
+    assert silent  # the case this test is about
+    phy = write_phy(tmp_path / "phy", times, labels)
+    report = scoring.score(short.folder, phy, out_dir=tmp_path / "out", thresholds=small_limits())
+    assert report.units_without_spikes == silent
+    assert report.n_gt_units == report.n_well_detected == 10 - len(silent)
+    assert sorted(u["unit"] for u in report.units) == sorted(set(labels.tolist()))
+    assert report.median_accuracy == 1.0 and report.passed is True, report.reasons
+    assert f"{len(silent)} units without spikes left out" in report.summary()
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["units_without_spikes"] == silent
+
+
+def test_unit_without_spikes_is_left_out(sim, tmp_path):
+    """A ground truth whose unit 3 has no spike: the other four, sorted perfectly, pass; the
+    same sort scored with unit 3's spikes in the ground truth does not count it as found."""
+    folder = tmp_path / "sim"
+    shutil.copytree(sim.folder, folder)
+    times, labels = gt_arrays(sim)
+    fires = labels != 3
+    np.save(folder / "gt_spike_times.npy", times[fires])
+    np.save(folder / "gt_spike_labels.npy", labels[fires])
+    phy = write_phy(tmp_path / "phy", times[fires], labels[fires])
+    report = scoring.score(folder, phy, thresholds=small_limits(), figures=False)
+    assert report.units_without_spikes == [3] and report.n_gt_units == 4
+    assert report.n_well_detected == 4 and report.passed is True
+    full = scoring.score(sim.folder, phy, thresholds=small_limits(), figures=False)
+    assert full.units_without_spikes == [] and full.n_gt_units == 5
+    assert full.n_well_detected == 4
+
+
+def test_no_unit_fires(sim, tmp_path):
+    folder = tmp_path / "sim"
+    shutil.copytree(sim.folder, folder)
+    np.save(folder / "gt_spike_times.npy", np.zeros(0, np.int64))
+    np.save(folder / "gt_spike_labels.npy", np.zeros(0, np.int64))
+    times, labels = gt_arrays(sim)
+    phy = write_phy(tmp_path / "phy", times, labels)
+    with pytest.raises(UserError, match="no ground-truth unit fires"):
+        scoring.score(folder, phy, figures=False)

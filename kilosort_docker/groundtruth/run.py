@@ -3,8 +3,13 @@
 Run ``python -m kilosort_docker.groundtruth --help``. Exit status:
 
 * 0 - the sort met the thresholds (``PASS``);
-* 1 - it did not (``FAIL``), or the sorter crashed;
-* 2 - a usage or input problem (a one-line message names the fix);
+* 1 - it did not (``FAIL``), or the sorter crashed (``FAIL: the sorter crashed: <the
+  exception's last line>``), or its output could not be scored; ``summary.json`` then holds
+  ``passed: false`` and the ``error``;
+* 2 - a usage or input problem, found before any work (a one-line message names the fix),
+  including a recording the sorter is known not to handle (shorter than two of its batches:
+  :func:`kilosort_docker.groundtruth.sorters.kilosort4.check_recording`,
+  :func:`kilosort_docker.groundtruth.sorters.kilosort3.check_recording`);
 * 77 - skipped: the preflight found something missing (no GPU, no GPU access in Docker,
   no MATLAB license...). :data:`EXIT_SKIP` follows the automake convention, so a front end
   (nox) can turn it into a skip; the reason is then the last line on stderr, as
@@ -21,8 +26,10 @@ every run, and whether repeated runs gave identical spike trains).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -262,6 +269,50 @@ def _preflight_failed(reason: str) -> int:
     return EXIT_SKIP
 
 
+def refuse_recording(sorter: str, params) -> None:
+    """Refuse, before any work, a recording ``sorter`` is known not to handle (too short).
+
+    Raises:
+        UserError: one line naming the shortest ``--duration`` the sorter sorts.
+    """
+    from kilosort_docker.groundtruth.sorters import kilosort3, kilosort4
+
+    module = kilosort4 if sorter == "kilosort4" else kilosort3
+    shortest = math.ceil(module.min_samples() / params.fs * 10) / 10
+    module.check_recording(
+        params.n_samples, params.fs, fix=f"pass --duration {shortest:g} or longer"
+    )
+
+
+def _runs(results, per_run, params) -> list[dict]:
+    """``summary.json``'s ``runs``: time, real-time multiple, numbers and sorter info per run."""
+    return [
+        {
+            "seconds": r.seconds,
+            "x_real_time": params.duration_s / r.seconds if r.seconds else None,
+            **numbers,
+            **{k: v for k, v in r.info.items() if k != "seconds"},
+        }
+        for r, numbers in zip(results, per_run, strict=True)
+    ]
+
+
+def _failed(out: Path, base: dict, results: list, reason: str, params) -> int:
+    """A sort that crashed or cannot be scored: ``FAIL: <reason>`` (one line), a
+    ``summary.json`` with ``passed: false`` and the ``error``, exit 1."""
+    reason = " ".join(reason.split())
+    summary = {
+        **base,
+        "runs": _runs(results, [{} for _ in results], params),  # the runs that finished
+        "passed": False,
+        "reasons": [reason],
+        "error": reason,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _say(f"FAIL: {reason}")
+    return EXIT_FAIL
+
+
 def _run(args: argparse.Namespace) -> int:
     from kilosort_docker.groundtruth import score as scoring
     from kilosort_docker.groundtruth.simulate import SimulationParams, simulate
@@ -280,6 +331,7 @@ def _run(args: argparse.Namespace) -> int:
         drift_period_s=args.drift_period,
         seed=args.seed,
     )
+    refuse_recording(args.sorter, params)
     limits = scoring.load_thresholds(
         args.thresholds or scoring.thresholds_path(args.sorter), n_channels=params.n_channels
     )
@@ -301,6 +353,14 @@ def _run(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t0:.1f} s)"
     )
 
+    base = {
+        "sorter": args.sorter,
+        "mode": args.mode,
+        "image": args.image,
+        "simulation": sim.manifest()["params"],
+        "simulation_folder": str(sim.folder),
+        "thresholds": dataclasses.asdict(limits),
+    }
     results = []
     for i in range(args.repeat):
         run_dir = out / f"run-{i + 1}"
@@ -320,8 +380,7 @@ def _run(args: argparse.Namespace) -> int:
                 mac_address=args.mac_address,
             )
         except SortError as exc:
-            _say(f"FAIL: the sorter crashed: {exc}")
-            return EXIT_FAIL
+            return _failed(out, base, results, f"the sorter crashed: {exc}", params)
         x_rt = params.duration_s / result.seconds if result.seconds else float("nan")
         _say(
             f"run {i + 1}: sorted in {result.seconds:.1f} s ({x_rt:.2f} x real time) "
@@ -329,19 +388,22 @@ def _run(args: argparse.Namespace) -> int:
         )
         results.append(result)
 
-    report = scoring.score(
-        sim.folder,
-        results[0].output,
-        out_dir=out,
-        sorter=args.sorter,
-        thresholds=limits,
-        sort_seconds=results[0].seconds,
-    )
+    try:  # the sort ran: output that cannot be scored (no spikes...) is a failed sort
+        report = scoring.score(
+            sim.folder,
+            results[0].output,
+            out_dir=out,
+            sorter=args.sorter,
+            thresholds=limits,
+            sort_seconds=results[0].seconds,
+        )
+        per_run = [_run_numbers(report, results[0].output)]
+        for r in results[1:]:
+            again = scoring.score(sim.folder, r.output, sorter=args.sorter, figures=False)
+            per_run.append(_run_numbers(again, r.output))
+    except UserError as exc:
+        return _failed(out, base, results, f"the sort could not be scored: {exc}", params)
     identical = None
-    per_run = [_run_numbers(report, results[0].output)]
-    for r in results[1:]:
-        again = scoring.score(sim.folder, r.output, sorter=args.sorter, figures=False)
-        per_run.append(_run_numbers(again, r.output))
     if len(results) > 1:
         identical = all(identical_outputs(results[0].output, r.output) for r in results[1:])
         _say(f"repeated runs identical: {identical}")
@@ -352,37 +414,28 @@ def _run(args: argparse.Namespace) -> int:
                 f"{numbers['n_clusters']} clusters, {numbers['n_spikes']} spikes"
             )
     summary = {
-        "sorter": args.sorter,
-        "mode": args.mode,
-        "image": args.image,
-        "simulation": sim.manifest()["params"],
-        "simulation_folder": str(sim.folder),
-        "thresholds": report.thresholds,
+        **base,
         "n_gt_units": report.n_gt_units,
+        "units_without_spikes": report.units_without_spikes,
         "n_well_detected": report.n_well_detected,
         "n_high_snr": report.n_high_snr,
         "n_well_detected_high_snr": report.n_well_detected_high_snr,
         "median_accuracy": report.median_accuracy,
         "n_clusters": report.n_clusters,
         "n_good_clusters": report.n_good_clusters,
-        "runs": [
-            {
-                "seconds": r.seconds,
-                "x_real_time": params.duration_s / r.seconds if r.seconds else None,
-                **numbers,
-                **{k: v for k, v in r.info.items() if k != "seconds"},
-            }
-            for r, numbers in zip(results, per_run, strict=True)
-        ],
+        "runs": _runs(results, per_run, params),
         "identical_runs": identical,
         "passed": report.passed,
         "reasons": report.reasons,
+        "error": None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    silent = report.units_without_spikes
     _say(
         f"{report.n_well_detected}/{report.n_gt_units} units well detected (accuracy >= 0.8), "
         f"{report.n_well_detected_high_snr}/{report.n_high_snr} of SNR >= {scoring.HIGH_SNR:g}; "
         f"median accuracy {report.median_accuracy:.3f}; {report.n_clusters} clusters"
+        + (f"; {len(silent)} units without spikes in the recording left out" if silent else "")
     )
     _say(f"thresholds [{limits.name}] from {limits.source}: {limits.applies_to}")
     if report.passed:

@@ -5,7 +5,9 @@ and ``params.py``; :func:`score` compares with the ground truth through
 :func:`spikeinterface.comparison.compare_sorter_to_ground_truth` (match window 0.4 ms;
 accuracy = tp / (tp + fn + fp); a unit is *well detected* at accuracy >= 0.8), writes
 ``report.json`` and three PNG figures, and checks the numbers against the thresholds in a
-TOML file (``thresholds/<sorter>.toml``).
+TOML file (``thresholds/<sorter>.toml``). Ground-truth units that do not fire in the recording
+(possible in a short one) cannot be found by any sorter: they are left out of every number and
+listed in ``units_without_spikes``.
 """
 
 from __future__ import annotations
@@ -197,13 +199,15 @@ class Report:
     """The outcome of :func:`score`; :meth:`to_dict` is what ``report.json`` holds.
 
     Attributes:
-        n_gt_units / n_clusters / n_good_clusters: counts.
+        n_gt_units / n_clusters / n_good_clusters: counts; ``n_gt_units`` counts the
+            ground-truth units with at least one spike in the recording.
         n_well_detected: ground-truth units at accuracy >= 0.8.
         n_high_snr / n_well_detected_high_snr: the same for units with SNR >= 5.
         median_accuracy: median over ground-truth units (unmatched count as 0).
         units: per ground-truth unit: unit, snr, peak_uv, accuracy, recall, precision, match.
         passed: the verdict (None when no thresholds were given).
         reasons: why it failed (empty when it passed).
+        units_without_spikes: ground-truth units with no spike in the recording, left out.
     """
 
     sorter: str
@@ -224,6 +228,7 @@ class Report:
     passed: bool | None = None
     reasons: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    units_without_spikes: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,6 +242,8 @@ class Report:
             f"median accuracy {self.median_accuracy:.3f}",
             f"{self.n_clusters} clusters ({self.n_good_clusters} good)",
         ]
+        if self.units_without_spikes:
+            parts.append(f"{len(self.units_without_spikes)} units without spikes left out")
         if self.sort.get("seconds"):
             parts.append(
                 f"sorted in {self.sort['seconds']:.1f} s "
@@ -290,9 +297,12 @@ def score(
         sort_seconds: the sort's wall-clock time, for the real-time multiple.
         figures: write the PNG figures.
 
+    Ground-truth units with no spike in the recording are left out (``units_without_spikes``).
+
     Raises:
         UserError: see :func:`read_phy` and
-            :func:`kilosort_docker.groundtruth.simulate.load_ground_truth`.
+            :func:`kilosort_docker.groundtruth.simulate.load_ground_truth`; or no ground-truth
+            unit fires in the recording.
     """
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
@@ -300,6 +310,12 @@ def score(
 
     sim_folder, phy_folder = Path(sim_folder), Path(phy_folder)
     gt = load_ground_truth(sim_folder)
+    counts = gt.count_num_spikes_per_unit()
+    silent = sorted(int(u) for u, n in counts.items() if n == 0)
+    if len(silent) == len(counts):
+        raise UserError(f"no ground-truth unit fires in {sim_folder}: simulate a longer recording")
+    if silent:
+        gt = gt.select_units([u for u in gt.unit_ids if counts[u] > 0])
     manifest = json.loads((sim_folder / "manifest.json").read_text())
     tested, ks_labels = read_phy(phy_folder, fs=gt.sampling_frequency)
     out = Path(out_dir) if out_dir is not None else phy_folder
@@ -314,6 +330,8 @@ def score(
     units = []
     for info in gt_units:
         uid = info["unit"]
+        if uid in silent:
+            continue
         row = perf.loc[uid]
         match = best.loc[uid]
         units.append(
@@ -360,6 +378,7 @@ def score(
         passed=(not reasons) if thresholds else None,
         reasons=reasons,
         figures=fig_names,
+        units_without_spikes=silent,
         **numbers,
     )
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kilosort_docker import matlab as matlab_runner
+from kilosort_docker.errors import UserError
+from kilosort_docker.groundtruth.simulate import KS3_NT
 from kilosort_docker.groundtruth.sorters import common
 from kilosort_docker.groundtruth.sorters.common import SortError, SortResult, check_data_folder
 from kilosort_docker.paths import DATA_MOUNT, MATLAB_DIR, MATLAB_MOUNT, OUT_MOUNT
@@ -17,6 +19,40 @@ from kilosort_docker.paths import DATA_MOUNT, MATLAB_DIR, MATLAB_MOUNT, OUT_MOUN
 log = logging.getLogger(__name__)
 
 KS3_INPUTS = ("recording.bin", "ops.mat", "chanMap.mat")
+
+
+def min_samples(nt: int = KS3_NT) -> int:
+    """The fewest samples Kilosort 3 sorts: more than one batch of ``ops.NT`` samples.
+
+    Kilosort v3.0.2 preProcess/preprocessDataSub.m counts ``Nbatch = ceil(sampsToRead / NT)``
+    and preProcess/get_whitening_matrix.m divides the covariance by
+    ``ceil((Nbatch - 1) / ops.nSkipCov)``, zero for one batch, so the whitening matrix is
+    not finite. ``NT = 64*1024 - ntbuff = 65472`` (configFiles/configFile384.m at v3.0.2).
+    """
+    return int(nt) + 1
+
+
+def check_recording(
+    n_samples: int, fs: float, *, nt: int = KS3_NT, fix: str = "sort a longer recording"
+) -> None:
+    """Refuse a recording Kilosort 3 cannot sort (see :func:`min_samples`).
+
+    Args:
+        n_samples: samples per channel.
+        fs: sampling rate in Hz (for the message).
+        nt: Kilosort 3's batch size ``ops.NT`` in samples.
+        fix: how the caller gets a longer recording, ends the message.
+
+    Raises:
+        UserError: the recording is too short; the message names the minimum.
+    """
+    need = min_samples(nt)
+    if n_samples < need:
+        raise UserError(
+            f"a {n_samples / fs:g} s recording ({n_samples} samples) is too short for Kilosort 3: "
+            f"it needs more than one batch of {int(nt)} samples (ops.NT), at least {need} "
+            f"samples ({need / fs:.3f} s at {fs:g} Hz); {fix}"
+        )
 
 
 def matlab_statement(data_dir: str, out_dir: str, *, matlab_dir: str | None = None) -> str:

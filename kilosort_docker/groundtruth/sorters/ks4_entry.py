@@ -5,12 +5,82 @@ imports it, and the container runner sends its source to ``python -c`` inside th
 ``kilosort4`` image, which does not have this package. Reads ``ks4_settings.json``,
 ``ks4_probe.json`` and ``recording.bin`` from DATA_DIR, writes phy files and ``ks_run.json``
 (device, seconds, versions) into OUT_DIR.
+
+Exit status: 0 sorted; 2 usage, or a recording Kilosort 4 cannot sort (too short: see
+:func:`min_samples`); 3 CUDA asked for but absent; 4 Kilosort 4 raised an exception
+(:data:`EXIT_CRASHED`): the last line on stderr is the exception as one line
+(``ValueError: ...``), ``ks_run.json`` holds it under ``error``, and Kilosort's own
+``kilosort4.log`` in OUT_DIR the full traceback.
 """
 
 import json
+import logging
 import os
 import sys
 import time
+
+EXIT_USAGE, EXIT_NO_CUDA, EXIT_CRASHED = 2, 3, 4
+#: Kilosort 4.1.7 defaults (kilosort/parameters.py): ``batch_size`` 60000 samples per batch,
+#: ``nt`` 61 samples per spike waveform.
+KS4_BATCH_SIZE = 60000
+KS4_NT = 61
+
+
+def min_samples(batch_size=KS4_BATCH_SIZE, nt=KS4_NT):
+    """The fewest samples Kilosort 4 sorts: more than one batch, the last of at least ``nt``.
+
+    Kilosort 4.1.7 kilosort/preprocessing.py ``get_whitening_matrix`` averages the covariance
+    over batches ``0 .. n_batches - 2`` and divides by their count: with one batch it divides
+    by zero and ``torch.linalg.svd`` fails on the non-finite matrix. kilosort/io.py
+    (``BinaryRWFile``) drops a last batch shorter than ``nt`` samples.
+    """
+    return int(batch_size) + int(nt)
+
+
+def one_line(exc):
+    """An exception as the last line of its traceback, on one line: ``Type: message``."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class _ShortTraceback(logging.Formatter):
+    """Kilosort's console format, an exception cut to :func:`one_line` (the whole traceback
+    goes to ``kilosort4.log`` through Kilosort's own file handler)."""
+
+    def formatException(self, ei):  # noqa: N802 (logging's name)
+        return one_line(ei[1]) + " (traceback in kilosort4.log)"
+
+    def format(self, record):
+        # logging caches the formatted exception on the record (exc_text) for the handlers
+        # after this one: leave it unset, so that kilosort4.log gets the whole traceback
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+
+def _console_logging():
+    """Show Kilosort's log once, without a traceback; returns what :func:`_restore` needs.
+
+    Kilosort 4.1.7 run_kilosort.py ``setup_logger`` adds its own console handler only when
+    the ``kilosort`` logger has none, and ``run_kilosort`` logs a failure with
+    ``logger.exception`` before raising it again; ``close_logger`` removes every handler.
+    """
+    ks_log = logging.getLogger("kilosort")
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(_ShortTraceback("%(name)-12s: %(message)s"))
+    ks_log.addHandler(handler)
+    propagate, ks_log.propagate = ks_log.propagate, False  # no second copy via the root logger
+    return ks_log, handler, propagate
+
+
+def _restore(ks_log, handler, propagate):
+    if handler in ks_log.handlers:  # run_kilosort failed before its own close_logger
+        ks_log.removeHandler(handler)
+    handler.close()
+    ks_log.propagate = propagate
 
 
 def main(argv=None):
@@ -22,20 +92,31 @@ def main(argv=None):
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3):
         sys.stderr.write("usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu]\n")
-        return 2
+        return EXIT_USAGE
     data_dir, out_dir = args[0], args[1]
     want = args[2] if len(args) == 3 else "auto"
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         sys.stderr.write("CUDA requested but torch sees no GPU\n")
-        return 3
+        return EXIT_NO_CUDA
     device = torch.device(want)
 
     with open(os.path.join(data_dir, "ks4_settings.json")) as f:
         settings = json.load(f)
     with open(os.path.join(data_dir, "ks4_probe.json")) as f:
         raw = json.load(f)
+    binary = os.path.join(data_dir, "recording.bin")
+    n_samples = os.path.getsize(binary) // (2 * int(settings["n_chan_bin"]))
+    need = min_samples(settings.get("batch_size", KS4_BATCH_SIZE), settings.get("nt", KS4_NT))
+    if n_samples < need:
+        fs = float(settings.get("fs", 30000.0))
+        sys.stderr.write(
+            f"the recording is too short for Kilosort 4: {n_samples} samples "
+            f"({n_samples / fs:g} s), it needs at least {need} ({need / fs:.3f} s at {fs:g} Hz): "
+            "sort a longer recording\n"
+        )
+        return EXIT_USAGE
     probe = {
         "chanMap": np.asarray(raw["chanMap"], dtype=np.int64),
         "xc": np.asarray(raw["xc"], dtype=np.float32),
@@ -46,27 +127,36 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(0)
     np.random.seed(0)
-    start = time.perf_counter()
-    run_kilosort(
-        settings=settings,
-        probe=probe,
-        filename=os.path.join(data_dir, "recording.bin"),
-        results_dir=out_dir,
-        data_dtype="int16",
-        device=device,
-    )
-    seconds = time.perf_counter() - start
     info = {
         "sorter": "kilosort4",
         "device": str(device),
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "seconds": seconds,
         "kilosort": getattr(kilosort, "__version__", "unknown"),
         "torch": torch.__version__,
     }
+    logging_state = _console_logging()
+    start = time.perf_counter()
+    try:
+        run_kilosort(
+            settings=settings,
+            probe=probe,
+            filename=binary,
+            results_dir=out_dir,
+            data_dtype="int16",
+            device=device,
+        )
+    except Exception as exc:  # any failure of the sort is reported, as one line
+        info.update(seconds=time.perf_counter() - start, error=one_line(exc))
+        with open(os.path.join(out_dir, "ks_run.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        sys.stderr.write(info["error"] + "\n")
+        return EXIT_CRASHED
+    finally:
+        _restore(*logging_state)
+    info["seconds"] = time.perf_counter() - start
     with open(os.path.join(out_dir, "ks_run.json"), "w") as f:
         json.dump(info, f, indent=1)
-    print(f"kilosort4 finished on {device} in {seconds:.1f} s")
+    print(f"kilosort4 finished on {device} in {info['seconds']:.1f} s")
     return 0
 
 
