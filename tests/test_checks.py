@@ -90,8 +90,7 @@ def test_secret_scan_finds_extra_strings_but_never_prints_them():
     manifest = json.dumps([{"Layers": ["abc123/layer.tar"]}]).encode()
     saved = support.tar_bytes({"abc123/layer.tar": layer, "manifest.json": manifest})
     chunks = [saved[i : i + 1000] for i in range(0, len(saved), 1000)]
-    scan = checks.scan_for_secrets(chunks, extra=["hunter2-registry-pass"])
-    found = scan.findings
+    found = checks.scan_for_secrets(chunks, extra=["hunter2-registry-pass"])
     assert any("etc/app.conf: holds secret #1" in f for f in found)
     assert any(".docker/config.json" in f for f in found)
     assert not any("hunter2" in f for f in found)
@@ -216,7 +215,7 @@ def test_secret_scan_reads_the_oci_layout_and_counts_its_layers():
             "manifest.json": json.dumps(manifest).encode(),
         }
     )
-    scan = checks.scan_for_secrets([saved])
+    scan = checks.scan_saved_image([saved])
     assert any("home/matlab/license.lic: a secret-looking file" in f for f in scan.findings)
     assert (scan.layers_listed, scan.layers_scanned, scan.incomplete) == (2, 2, ())
     assert scan.files_named_only == 1
@@ -233,9 +232,11 @@ def test_secret_scan_that_could_not_read_a_layer_is_incomplete(manifest, text):
     files = {"abc/layer.tar": support.tar_bytes({"etc/hostname": b"box"})}
     if manifest is not None:
         files["manifest.json"] = json.dumps(manifest).encode()
-    scan = checks.scan_for_secrets([support.tar_bytes(files)])
+    scan = checks.scan_saved_image([support.tar_bytes(files)])
     assert scan.findings == ()
     assert any(text in line for line in scan.incomplete), scan.incomplete
+    # and the list form is not empty, so a caller that only asks "found anything?" fails too
+    assert checks.scan_for_secrets([support.tar_bytes(files)]) == list(scan.incomplete)
 
 
 # ---- mex checks on small images FROM the stand-in MATLAB base ----------------------------------

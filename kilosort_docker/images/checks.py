@@ -220,7 +220,7 @@ def _non_root(target: ImageUnderTest) -> tuple[bool, str]:
 
 
 def _no_secrets(target: ImageUnderTest) -> tuple[bool, str]:
-    scan = scan_for_secrets(target.image.save(), extra=target.extra_secrets)
+    scan = scan_saved_image(target.image.save(), extra=target.extra_secrets)
     findings = list(scan.findings)
     history = json.dumps(target.client.api.history(target.image.id)).encode()
     for i, secret in enumerate(s for s in target.extra_secrets if len(s) >= 6):
@@ -322,7 +322,7 @@ class _Chunks(io.RawIOBase):
 
 @dataclass(frozen=True)
 class SecretScan:
-    """What :func:`scan_for_secrets` found and what it read.
+    """What :func:`scan_saved_image` found and what it read.
 
     Attributes:
         findings: one line per secret found (``layer/path: what``), never the secret itself.
@@ -350,7 +350,15 @@ def _layer_id(name: str) -> str:
     return (parts[-1] if parts[0] == "blobs" else parts[0])[:12]
 
 
-def scan_for_secrets(chunks: Iterable[bytes], *, extra: Iterable[str] = ()) -> SecretScan:
+def scan_for_secrets(chunks: Iterable[bytes], *, extra: Iterable[str] = ()) -> list[str]:
+    """One line per secret found in a ``docker save`` stream (:func:`scan_saved_image`), and
+    one per part of it that could not be read: empty only when the whole image was read
+    and held no secret."""
+    scan = scan_saved_image(chunks, extra=extra)
+    return [*scan.findings, *scan.incomplete]
+
+
+def scan_saved_image(chunks: Iterable[bytes], *, extra: Iterable[str] = ()) -> SecretScan:
     """Secrets found in a ``docker save`` stream: every layer, the image config and history.
 
     Looks for secret-looking file names (``*.lic``, ``.docker/config.json``, ...), private

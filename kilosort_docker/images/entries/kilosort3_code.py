@@ -69,6 +69,10 @@ def _kilosort_commit(target: ImageUnderTest) -> tuple[bool, str]:
     except FileNotFoundError:
         return False, f"{paths.KILOSORT_COMMIT_FILE} is missing"
     pin = target.pins.kilosort3.commit
+    if not recorded:
+        return False, f"{paths.KILOSORT_COMMIT_FILE} is empty"
+    if not label:
+        return False, f"no {LABEL_PREFIX}.kilosort.commit label to compare the checkout with"
     if recorded != label:
         return False, f"checked-out commit {recorded[:12]} differs from the label {label[:12]}"
     if not target.pins.kilosort3.matches(recorded):

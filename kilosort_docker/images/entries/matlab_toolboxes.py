@@ -37,9 +37,12 @@ def _toolboxes(target: ImageUnderTest) -> tuple[bool, str]:
     script = "; ".join(f'[ -d "{profile.matlab_root}/toolbox/{f}" ] && echo "{f}"' for f in wanted)
     _, out = target.sh(script + "; true")
     missing = sorted(set(wanted) - set(out.split()))
+    summary = f"{len(wanted) - len(missing)} of {len(wanted)} toolboxes in {profile.matlab_root}"
+    if not wanted:  # nothing compared is no pass
+        return False, f"profile {profile.name} names no toolboxes"
     if missing:
-        return False, f"missing from {profile.matlab_root}/toolbox: {', '.join(missing)}"
-    return True, f"{', '.join(wanted)} present in {profile.matlab_root}/toolbox"
+        return False, f"{summary}/toolbox; missing: {', '.join(missing)}"
+    return True, f"{summary}/toolbox ({', '.join(wanted)})"
 
 
 NAME = "matlab-toolboxes"
