@@ -420,3 +420,56 @@ def test_mex_glibcxx_judges_the_libstdcxx_matlab_loads(
         assert f"up to GLIBCXX_3.4.30) of {total} of {total} mex files" in found.detail
     owner = "MATLAB's own" if matlab_libstdcxx != "removed" else "the system's"
     assert owner in found.detail, found.detail
+
+
+# ---- the shared checks and the runner: nothing compared is no pass ---------------------------
+
+
+class FakeTarget:
+    """What the shared checks read of an image under test: its attributes and ``sh``."""
+
+    def __init__(self, attrs: dict, sh: tuple[int, str] = (0, "")) -> None:
+        self.image = type("Image", (), {"attrs": attrs})()
+        self._sh = sh
+
+    def sh(self, script: str, *, user=None) -> tuple[int, str]:
+        return self._sh
+
+
+@pytest.mark.parametrize(
+    ("sh", "ok", "text"),
+    [
+        ((0, "1000\nmatlab\n"), True, "runs as matlab (uid 1000"),
+        ((0, "0\nroot\n"), False, "runs as root (uid 0"),
+        ((127, "sh: 1: id: not found\n"), False, "could not tell the user"),
+        ((0, ""), False, "could not tell the user"),
+    ],
+)
+def test_non_root_fails_when_it_cannot_tell_the_user(sh, ok, text):
+    found = checks._non_root(FakeTarget({"Config": {"User": "matlab"}}, sh))
+    assert found[0] is ok
+    assert text in found[1]
+
+
+@pytest.mark.parametrize(
+    ("attrs", "budget", "ok", "text"),
+    [
+        ({"Size": 3_000_000_000}, 16.0, True, "3.00 GB within the 16.0 GB budget"),
+        ({"Size": 3_000_000_000}, 2.0, False, "over the 2.0 GB budget"),
+        ({}, 16.0, False, "reports no size"),
+        ({"Size": 3_000_000_000}, 0.0, False, "no size budget"),
+    ],
+)
+def test_size_budget_fails_without_a_size_or_a_budget(attrs, budget, ok, text):
+    found = checks._size_budget(FakeTarget(attrs), budget)
+    assert found[0] is ok
+    assert text in found[1]
+
+
+def test_asking_for_a_check_the_image_does_not_have_is_an_error():
+    from kilosort_docker.errors import UserError
+
+    with pytest.raises(UserError, match="no check mex-checksum for kilosort3: choose from"):
+        checks.run_checks(
+            None, "x", pins=load_pins(), spec=stack.get_image("kilosort3"), only=["mex-checksum"]
+        )
