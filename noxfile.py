@@ -1,4 +1,5 @@
-"""Nox sessions for kilosort-docker. `nox --list` shows them; `nox` runs lint, tests, images.
+"""Nox sessions for kilosort-docker. `nox --list` shows them; `nox` runs lint, tests, slow,
+images (`nox -s tests` alone is the quick check).
 
 Arguments after `--` go to the session's tool, e.g. `nox -s images -- -k push` (pytest).
 The tools are declared once, in pyproject.toml's optional dependencies (`lint` is pinned).
@@ -73,11 +74,24 @@ def lint(session: nox.Session) -> None:
     session.run("actionlint", *sorted(str(p) for p in ROOT.glob(".github/workflows/*.yml")))
 
 
+#: The host tests: no Docker, no GPU, no license.
+HOST_TESTS = "not docker and not gpu"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit tests and CPU sorting tests on the host (no Docker, no GPU, no license)."""
+    """Quick unit tests on the host (no Docker, no GPU, no license); `slow` ones left out."""
+    # a `-m` after `--` replaces the selection, e.g. `nox -s tests -- -m slow`
     session.install("-e", ".[test,groundtruth]")
-    session.run("pytest", "-m", "not docker and not gpu", *session.posargs)
+    marks = [] if "-m" in session.posargs else ["-m", f"{HOST_TESTS} and not slow"]
+    session.run("pytest", *marks, *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Tests marked `slow`: a full Kilosort 4 sort on the CPU (minutes); plain `nox` runs it."""
+    session.install("-e", ".[test,groundtruth]")
+    session.run("pytest", "-m", f"{HOST_TESTS} and slow", *session.posargs)
 
 
 @nox.session

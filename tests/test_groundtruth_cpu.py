@@ -230,6 +230,7 @@ def test_output_that_cannot_be_scored_is_a_fail(tmp_path, monkeypatch, capsys):
     assert summary["passed"] is False and summary["runs"][0]["device"] == "fake"
 
 
+@pytest.mark.slow
 def test_full_kilosort4_run_on_cpu(tmp_path):
     """Kilosort 4 on the host CPU recovers at least 8 of 10 simulated units (accuracy >= 0.8).
 
@@ -290,3 +291,43 @@ def test_module_entry_point_skip_and_require_gpu(tmp_path):
     )
     assert failed.returncode == 1, failed.stderr
     assert "KILOSORT_DOCKER_REQUIRE_GPU" in failed.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- which run has it
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _collected(marks: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        + ["-m", marks, str(Path(__file__))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_quick_tests_leave_the_cpu_sort_to_the_slow_session():
+    """`nox -s tests` leaves the full CPU sort out; the `slow` session runs it, and plain
+    `nox` (README's test command, what .ci/run runs) runs both."""
+    pytest.importorskip("nox")
+    import noxfile
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "nox", "-f", str(REPO / "noxfile.py"), "--list", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert {"lint", "tests", "slow", "images"} <= {s["name"] for s in json.loads(listed.stdout)}
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert "nox" in [line.split("#")[0].strip() for line in ci]  # bare: every default session
+    readme = (REPO / "README.md").read_text()
+    assert "\nnox   " in readme and "`nox` runs `lint`, `tests`, `slow` and `images`" in readme
+    full = "test_full_kilosort4_run_on_cpu"
+    assert full not in _collected(f"{noxfile.HOST_TESTS} and not slow")
+    assert full in _collected(f"{noxfile.HOST_TESTS} and slow")

@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=120.0, help="seconds (default 120)")
     p.add_argument("--channels", type=int, default=32, help="channels, 8..384 (default 32)")
     p.add_argument("--units", type=int, default=10, help="ground-truth units (default 10)")
+    p.add_argument(
+        "--firing-rates",
+        type=float,
+        nargs=2,
+        default=(2.0, 8.0),
+        metavar=("LOW", "HIGH"),
+        help="range of the units' firing rates in Hz (default 2 8)",
+    )
     p.add_argument("--drift", type=float, default=10.0, help="peak drift in um, 0 = static")
     p.add_argument("--drift-period", type=float, default=100.0, help="zigzag period in s")
     p.add_argument("--seed", type=int, default=42)
@@ -330,6 +338,7 @@ def _run(args: argparse.Namespace) -> int:
         drift_um=args.drift,
         drift_period_s=args.drift_period,
         seed=args.seed,
+        firing_rates_hz=tuple(args.firing_rates),
     )
     refuse_recording(args.sorter, params)
     limits = scoring.load_thresholds(
@@ -344,7 +353,8 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _say(
         f"simulating {params.n_units} units, {params.n_channels} channels, "
-        f"{params.duration_s:g} s, drift +-{params.drift_um:g} um (seed {params.seed})"
+        f"{params.duration_s:g} s, {params.firing_rates_hz[0]:g}-{params.firing_rates_hz[1]:g} Hz, "
+        f"drift +-{params.drift_um:g} um (seed {params.seed})"
     )
     t0 = time.perf_counter()
     sim = simulate(params, args.cache, n_jobs=args.jobs)

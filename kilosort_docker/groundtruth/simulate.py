@@ -125,6 +125,12 @@ class SimulationParams:
             raise UserError("drift_um must be >= 0 and drift_period_s > 0")
         if self.uv_per_bit <= 0 or self.fs <= 0:
             raise UserError("uv_per_bit and fs must be > 0")
+        low, high = self.firing_rates_hz
+        if not 0 < low <= high:
+            raise UserError(
+                f"firing rates must be 0 < low <= high Hz, got {low:g} {high:g}: "
+                "pass --firing-rates LOW HIGH"
+            )
 
     @property
     def n_samples(self) -> int:
