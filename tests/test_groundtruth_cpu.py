@@ -165,6 +165,23 @@ def test_shortest_recordings_the_sorters_take():
             groundtruth.refuse_recording(sorter, SimulationParams(duration_s=shortest - 0.1))
 
 
+def test_kilosort4_runners_refuse_a_short_recording(tmp_path, capsys):
+    """The runners refuse it too: the host runner before importing kilosort, the entry point
+    (what the container runs) with exit 2 and one line."""
+    from kilosort_docker.groundtruth.simulate import SimulationParams, simulate
+    from kilosort_docker.groundtruth.sorters import ks4_entry, run_kilosort4_host
+
+    sim = simulate(SimulationParams(duration_s=1, n_channels=16, n_units=2), tmp_path, n_jobs=1)
+    with pytest.raises(UserError, match="too short for Kilosort 4.*at least 60061 samples"):
+        run_kilosort4_host(sim.folder, tmp_path / "host", device="cpu")
+    assert not (tmp_path / "host").exists()
+    pytest.importorskip("kilosort")
+    capsys.readouterr()
+    assert ks4_entry.main([str(sim.folder), str(tmp_path / "entry"), "cpu"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("the recording is too short for Kilosort 4: 30000 samples")
+
+
 def test_sorter_crash_is_a_verdict(tmp_path, capsys):
     """Kilosort 4 on CPU raises in its clustering (too few spikes in 2.1 s): exit 1, one
     FAIL line with the exception's last line, and a summary.json that records it."""

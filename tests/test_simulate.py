@@ -203,6 +203,8 @@ def test_kilosort4_inputs(sim):
         {"n_units": 0},
         {"drift_um": -1},
         {"drift_period_s": 0},
+        {"firing_rates_hz": (8.0, 2.0)},
+        {"firing_rates_hz": (0.0, 2.0)},
     ],
 )
 def test_bad_parameters(kwargs):
