@@ -67,3 +67,17 @@ def revision(repository: Path) -> str:
     except (UserError, GitError):
         return "unknown"
     return f"{rev}-dirty" if dirty else rev
+
+
+def commit_time(repository: Path) -> int | None:
+    """When the commit checked out in ``repository`` was made: its committer time in seconds
+    since 1970 (``git log -1 --format=%ct``), or None when ``repository`` is not a git work tree
+    with a commit, or git is missing.
+
+    Local changes (a dirty tree) do not change it: it is the time of ``HEAD``.
+    """
+    try:
+        stamp = output("-C", str(repository), "log", "-1", "--format=%ct", "HEAD")
+    except (UserError, GitError):
+        return None
+    return int(stamp) if stamp.isdigit() else None

@@ -4,13 +4,21 @@ Each image's build context is staged in a temporary folder (the Dockerfile folde
 the image needs: fetched sources, ``matlab/``, mex files, wheels), built with the classic
 builder through the Docker SDK with live output, and tagged only once the whole build has
 succeeded, so a failed build leaves no tag behind.
+
+A rebuild with nothing changed is a no-op: the labels carry no current time (see
+:func:`kilosort_docker.images.tags.source_date_epoch`), and every file of a staged context gets
+the plan's ``SOURCE_DATE_EPOCH`` as its time and a mode that depends only on whether it is
+executable, so neither when the context was staged nor the umask of the checkout reaches a
+layer (reproducible-builds.org, "Timestamps": clamp file times to SOURCE_DATE_EPOCH).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import stat
 import tarfile
 import tempfile
 import time
@@ -68,7 +76,26 @@ def staged_context(step: BuildStep, plan: BuildPlan) -> Iterator[tuple[Path, dic
             raise UserError(f"{step.spec.dockerfile_dir} is missing: restore it from git")
         secrets.copy_without_secrets(step.spec.dockerfile_dir, context)
         buildargs.update(step.spec.stage(plan, context))
+        if plan.source_date_epoch is not None:
+            normalize_times(context, plan.source_date_epoch)
         yield context, buildargs
+
+
+def normalize_times(folder: Path, epoch: int) -> None:
+    """Give ``folder`` and everything in it the time ``epoch`` (seconds since 1970, access and
+    modification, links themselves not followed) and the modes ``0755`` (folders, executable
+    files) or ``0644`` (other files), so a ``COPY`` of it makes the same layer whenever and
+    from whichever checkout it was staged."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+                executable = stat.S_ISDIR(info.st_mode) or info.st_mode & 0o111
+                os.chmod(path, 0o755 if executable else 0o644)
+            os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.chmod(folder, 0o755)
+    os.utime(folder, (epoch, epoch))
 
 
 def _run_build(

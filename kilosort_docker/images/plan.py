@@ -43,12 +43,19 @@ class BuildStep:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """The ordered build steps for one profile."""
+    """The ordered build steps for one profile.
+
+    ``source_date_epoch`` (seconds since 1970) is the time the images are dated with (their
+    ``created`` label, :func:`tags.source_date_epoch`); the build gives every file of a staged
+    context that time, so the layers a ``COPY`` makes do not depend on when the context was
+    staged. None where the caller gave ``created`` itself: file times are left alone.
+    """
 
     profile: Profile
     pins: Pins
     options: BuildOptions
     steps: tuple[BuildStep, ...]
+    source_date_epoch: int | None = None
 
     @property
     def mex_binaries_folder(self) -> Path:
@@ -91,14 +98,22 @@ def make_plan(
     """The build plan for ``images`` (all if None; else ``options.images``) and their parents,
     from the entries of ``stack``.
 
-    Raises UserError for an unknown image name, and for a reference (tag or base image) that
-    Docker's grammar refuses, before any work.
+    ``created`` (RFC 3339) defaults to :func:`tags.created_timestamp`: ``SOURCE_DATE_EPOCH``
+    or this repository's last commit time, never the current time, so planning twice with
+    nothing changed gives the same labels (and the build the same image IDs).
+
+    Raises UserError for an unknown image name, for a reference (tag or base image) that
+    Docker's grammar refuses, and when no stable ``created`` time can be found (see
+    :func:`tags.source_date_epoch`), before any work.
     """
     options = options or BuildOptions()
     images = images if images is not None else (list(options.images) or None)
     namespace = options.namespace or pins.namespace
     revision = revision or tags.git_revision()
-    created = created or tags.created_timestamp()
+    epoch = None
+    if created is None:
+        epoch = tags.source_date_epoch()
+        created = tags.rfc3339(epoch)
     steps: list[BuildStep] = []
     refs: dict[str, str] = {}
     for spec in stack.build_order(images):
@@ -118,7 +133,13 @@ def make_plan(
         _check_step(step, spec.parent is None)
         refs[spec.name] = step.refs[0]
         steps.append(step)
-    return BuildPlan(profile=profile, pins=pins, options=options, steps=tuple(steps))
+    return BuildPlan(
+        profile=profile,
+        pins=pins,
+        options=options,
+        steps=tuple(steps),
+        source_date_epoch=epoch,
+    )
 
 
 def _check_step(step: BuildStep, root: bool) -> None:

@@ -55,10 +55,18 @@ class BuildRecord:
 
     def merged(self, newer: BuildRecord) -> BuildRecord:
         """This record updated by ``newer`` (a later build, maybe of fewer images): newer
-        entries replace older ones of the same name; the release is the newer."""
+        entries replace older ones of the same name; the release is the newer. A rebuild that
+        gave the same image ID (nothing changed) keeps the digests of the pushes made so far:
+        the registry still holds that image."""
         names = {i.name for i in newer.images}
         kept = tuple(i for i in self.images if i.name not in names)
-        return replace(newer, images=kept + newer.images)
+        updated = []
+        for image in newer.images:
+            old = self.image(image.name)
+            if old is not None and old.image_id == image.image_id and old.refs == image.refs:
+                image = replace(image, digests={**old.digests, **image.digests})
+            updated.append(image)
+        return replace(newer, images=kept + tuple(updated))
 
     def with_digests(self, pushed: Mapping[str, str], local_of: Mapping[str, str]) -> BuildRecord:
         """A copy with ``pushed`` (``{remote ref: digest}``) added to the images whose local

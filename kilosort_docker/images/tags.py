@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 from kilosort_docker import git
+from kilosort_docker.errors import UserError
 from kilosort_docker.images.pins import Pins
 from kilosort_docker.images.profiles import DEFAULT_PROFILE, Profile
 from kilosort_docker.images.spec import ImageSpec, PlanContext
@@ -48,15 +50,55 @@ def git_revision() -> str:
     return git.revision(ROOT)
 
 
-def created_timestamp() -> str:
-    """RFC 3339 UTC time; honours ``SOURCE_DATE_EPOCH`` for reproducible builds."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = (
-        dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc)
-        if epoch
-        else dt.datetime.now(tz=dt.timezone.utc).replace(microsecond=0)
-    )
+#: The reproducible-builds.org variable that fixes a build's timestamps
+#: (https://reproducible-builds.org/specs/source-date-epoch/).
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+
+
+def source_date_epoch(repository: Path | None = None) -> int:
+    """The time the images are dated with, in seconds since 1970 (UTC).
+
+    ``SOURCE_DATE_EPOCH`` when it is set (an integer, as ``date +%s`` prints it); else the
+    committer time of the last commit of ``repository`` (this repository by default), as
+    reproducible-builds.org's SOURCE_DATE_EPOCH specification suggests for a build from a
+    version-control checkout (``git log -1 --pretty=%ct``). Local changes do not move it, so a
+    rebuild with nothing changed gets the same labels, the build cache and the same image IDs.
+
+    Raises UserError for a malformed ``SOURCE_DATE_EPOCH`` (the specification says a build
+    should fail then), and when ``repository`` is not a git checkout with a commit: there is no
+    stable time to take there (file times change with every copy), so the build stops before
+    any work and asks for ``SOURCE_DATE_EPOCH``.
+    """
+    value = os.environ.get(SOURCE_DATE_EPOCH, "").strip()
+    if value:
+        if not value.isascii() or not value.isdigit():
+            raise UserError(
+                f"{SOURCE_DATE_EPOCH}={value!r} is not a time in seconds since 1970: set it to "
+                "an integer, e.g. $(git log -1 --pretty=%ct), or unset it to use the last "
+                "commit's time"
+            )
+        return int(value)
+    repository = repository or ROOT
+    stamp = git.commit_time(repository)
+    if stamp is None:
+        raise UserError(
+            f"cannot date the images: {repository} is not a git checkout with a commit (the "
+            f"created label is the last commit's time): set {SOURCE_DATE_EPOCH} to the "
+            "source's time in seconds since 1970, e.g. SOURCE_DATE_EPOCH=1700000000"
+        )
+    return stamp
+
+
+def rfc3339(epoch: int) -> str:
+    """``epoch`` (seconds since 1970) as an RFC 3339 UTC time, ``2026-01-01T00:00:00Z``."""
+    when = dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
     return when.isoformat().replace("+00:00", "Z")
+
+
+def created_timestamp(repository: Path | None = None) -> str:
+    """The ``org.opencontainers.image.created`` label: :func:`source_date_epoch` in RFC 3339
+    (UTC). Raises UserError like :func:`source_date_epoch`."""
+    return rfc3339(source_date_epoch(repository))
 
 
 def labels(
