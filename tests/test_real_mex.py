@@ -52,9 +52,10 @@ def matlab_with_cudart(docker_client, matlab_standin, cuda118, tmp_path_factory)
     """The stand-in MATLAB base with the CUDA 11 runtime in <matlabroot>/bin/glnxa64, where
     MATLAB ships its own (tests/support/toolkits.py); the tag is removed afterwards."""
     context = tmp_path_factory.mktemp("matlab-cudart")
-    yield support.standin_with_cudart(docker_client, matlab_standin, cuda118, context)
+    ref = f"{NAMESPACE}/matlab-standin-cudart:r2022b"
+    yield support.standin_with_cudart(docker_client, matlab_standin, cuda118, context, ref=ref)
     with contextlib.suppress(Exception):
-        docker_client.api.remove_image(support.MATLAB_STANDIN_CUDART_IMAGE, noprune=True)
+        docker_client.api.remove_image(ref, noprune=True)
 
 
 @pytest.fixture(scope="module")

@@ -79,11 +79,19 @@ def debian_cuda_toolkit(client, debian_base: str, dest: Path) -> Path:
     return folder
 
 
-def standin_with_cudart(client, matlab_base: str, toolkit: Path, context: Path) -> str:
+def standin_with_cudart(
+    client,
+    matlab_base: str,
+    toolkit: Path,
+    context: Path,
+    *,
+    ref: str = MATLAB_STANDIN_CUDART_IMAGE,
+) -> str:
     """The stand-in MATLAB base ``matlab_base`` plus ``toolkit``'s CUDA runtime
     (``lib64/libcudart.so.<major>.0``, links resolved) in ``<matlabroot>/bin/glnxa64``, as
-    MATLAB ships its own; built from ``context`` (a new or empty folder); returns its tag.
-    Raises FileNotFoundError if the toolkit has no such runtime."""
+    MATLAB ships its own; built from ``context`` (a new or empty folder) and tagged ``ref``
+    (outside ``NAMESPACE/``, the session cleanup of a concurrent test run does not untag it);
+    returns ``ref``. Raises FileNotFoundError if the toolkit has no such runtime."""
     major = DEBIAN_CUDA_VERSION.split(".")[0]
     runtime = toolkit / "lib64" / f"libcudart.so.{major}.0"
     (context / "cudart").mkdir(parents=True, exist_ok=True)
@@ -92,6 +100,6 @@ def standin_with_cudart(client, matlab_base: str, toolkit: Path, context: Path) 
     return build_dockerfile(
         client,
         context,
-        MATLAB_STANDIN_CUDART_IMAGE,
+        ref,
         buildargs={"BASE_IMAGE": matlab_base, "MATLAB_RELEASE": "R2022b"},
     )
