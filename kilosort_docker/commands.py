@@ -146,26 +146,57 @@ def push(
     return pushed
 
 
+#: The test suite's image namespaces (``kilosort-docker-test``, ``kilosort-docker-test-*``:
+#: tests/support/images.py NAMESPACE): the suite removes what it makes, and a suite running
+#: now still needs its images, so :func:`clean` leaves them alone.
+TEST_NAMESPACE_PREFIX = "kilosort-docker-test"
+_BASE_NAME_LABEL = "org.opencontainers.image.base.name"
+
+
+def _is_test_ref(ref: str) -> bool:
+    first = ref.split("/", 1)[0]
+    return "/" in ref and (
+        first == TEST_NAMESPACE_PREFIX or first.startswith(f"{TEST_NAMESPACE_PREFIX}-")
+    )
+
+
 def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
-    """Remove the images this project built (all profiles, or one); returns the tags removed."""
+    """Remove the images this project built (all profiles, or one): their tags, and the
+    untagged (dangling) images carrying the project's labels (``io.kilosort-docker.*``: old
+    builds, build stages). Images of the test suite's namespaces are left to the suite
+    (:data:`TEST_NAMESPACE_PREFIX`), tagged or not (an untagged one built on a test image).
+    Returns the tags and image IDs removed (or, with ``dry_run``, that would be)."""
     client = engine.connect()
     filters = {"label": [f"{LABEL_PREFIX}.image"]}
     if profile:
         chosen = get_profile(profile)
         filters["label"].append(f"{LABEL_PREFIX}.profile={chosen.name}")
-    removed: list[str] = []
+    targets: list[str] = []
     for image in client.images.list(filters=filters):
-        for ref in image.tags:
-            if dry_run:
-                ui.console.print(f"would remove {ref}", markup=False)
-            else:
-                try:
-                    client.images.remove(ref)
-                except docker.errors.APIError as exc:
-                    log.warning("could not remove %s: %s", ref, exc.explanation)
-                    continue
-                ui.console.print(f"removed {ref}", markup=False)
-            removed.append(ref)
+        targets += [ref for ref in image.tags if not _is_test_ref(ref)]
+    for image in client.images.list(filters={"dangling": True}):
+        labels = image.labels or {}
+        if not any(key.startswith(f"{LABEL_PREFIX}.") for key in labels):
+            continue
+        if profile and labels.get(f"{LABEL_PREFIX}.profile") != chosen.name:
+            continue
+        if _is_test_ref(labels.get(_BASE_NAME_LABEL, "")):
+            continue
+        targets.append(image.id)
+    removed: list[str] = []
+    for target in targets:
+        if dry_run:
+            ui.console.print(f"would remove {target}", markup=False, soft_wrap=True)
+        else:
+            try:
+                client.images.remove(target)
+            except docker.errors.ImageNotFound:
+                continue  # went with an image removed before it
+            except docker.errors.APIError as exc:
+                log.warning("could not remove %s: %s", target, exc.explanation)
+                continue
+            ui.console.print(f"removed {target}", markup=False, soft_wrap=True)
+        removed.append(target)
     if not removed:
         ui.console.print("no images of this project to remove")
     return removed

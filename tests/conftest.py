@@ -21,7 +21,7 @@ import pytest
 from kilosort_docker import engine
 from kilosort_docker.errors import UserError
 from tests import support
-from tests.support import fakes
+from tests.support import fakes, leftovers
 
 REQUIRE = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"
 #: The ground-truth harness's variable (kilosort_docker.groundtruth.run.REQUIRE_GPU_VARIABLE),
@@ -55,6 +55,11 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
+def pytest_configure(config):
+    """The session-end check for leftovers (:mod:`tests.support.leftovers`)."""
+    config.pluginmanager.register(leftovers.Plugin(), "kilosort-docker-leftovers")
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     try:
@@ -62,16 +67,10 @@ def docker_client():
     except UserError as exc:
         _missing(str(exc))
     yield client
-    # Always clean up: remove the test namespace's tags, keeping layers as build cache.
-    for image in client.images.list():
-        for ref in image.tags:
-            ours = ref.startswith(f"{support.NAMESPACE}/") and ref not in _KEEP
-            if ours or ref.startswith("127.0.0.1:"):
-                with contextlib.suppress(Exception):
-                    client.api.remove_image(ref, noprune=True)
-
-
-_KEEP = {support.DEBIAN_IMAGE, support.PYTHON_IMAGE, support.MATLAB_STANDIN_IMAGE}
+    # Each fixture and test removes what it made (the session-end check fails the run if
+    # something is left); here only the old images of kept bases this run rebuilt.
+    if leftovers.PLUGIN is not None:
+        leftovers.PLUGIN.remove_replaced_kept(client)
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +145,10 @@ def kilosort3_stack(
         npy_matlab=fixture_repos["npy_matlab"],
         mex_root=mex_root,
     )
-    built = build.execute(plan, docker_client)
-    return {"plan": plan, "built": {b.step.spec.name: b for b in built}, "mex_root": mex_root}
+    with leftovers.TRACKER.recording() as made:
+        built = build.execute(plan, docker_client)
+    yield {"plan": plan, "built": {b.step.spec.name: b for b in built}, "mex_root": mex_root}
+    leftovers.remove(docker_client, made)
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +164,10 @@ def kilosort4_image(docker_client, python_base, wheelhouse):
         ca_bundle=support.host_ca_bundle(),
         namespace=support.NAMESPACE,
     )
-    built = build.execute(plan, docker_client)
-    return built[-1].step.refs[0]
+    with leftovers.TRACKER.recording() as made:
+        built = build.execute(plan, docker_client)
+    yield built[-1].step.refs[0]
+    leftovers.remove(docker_client, made)
 
 
 # --- bump and release: the fake GitHub/PyPI server, copies of the pin files -------------------
