@@ -16,6 +16,7 @@ from kilosort_docker.errors import UserError
 from kilosort_docker.images import build, mexstage
 from kilosort_docker.images.profiles import Gencode
 from tests import support
+from tests.support import leftovers
 
 pytestmark = pytest.mark.docker
 
@@ -26,6 +27,13 @@ GENCODE = (
     Gencode("compute_80", "compute_80"),
 )
 NAMESPACE = f"{support.NAMESPACE}-compile"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removes_what_it_builds():
+    """Every image, tag and container this module makes is removed after it."""
+    with leftovers.removing(namespace=NAMESPACE):
+        yield
 
 
 @pytest.fixture(scope="module")

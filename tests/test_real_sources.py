@@ -12,6 +12,7 @@ from kilosort_docker.images import build, checks, sources
 from kilosort_docker.images.pins import load_pins
 from kilosort_docker.mex import get_spec
 from tests import support
+from tests.support import leftovers
 
 #: The CUDA sources Kilosort's own CUDA/mexGPUall.m builds at v3.0.2 (mexNvidia_quicksort.cu is
 #: #included by mexMPnu8.cu; mexClusteringFull.cu and mexRECONSTRUCT.cu are not built).
@@ -19,6 +20,13 @@ KILOSORT_302_BUILT = {
     "spikedetector3", "spikedetector3PC", "mexThSpkPC", "mexGetSpikes2", "mexSVDsmall2",
     "mexWtW2", "mexFilterPCs", "mexClustering2", "mexDistances2", "mexMPnu8",
 }  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removes_what_it_builds():
+    """Every image, tag and container this module makes is removed after it."""
+    with leftovers.removing(namespace=f"{support.NAMESPACE}-mirrors"):
+        yield
 
 
 def test_mirrors_give_the_pinned_commits(shared_mirrors, git_cache, tmp_path):

@@ -12,8 +12,17 @@ import pytest
 from kilosort_docker.images import build, checks
 from kilosort_docker.images.entries import kilosort3_code
 from tests import support
+from tests.support import leftovers
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removes_what_it_builds():
+    """Every image, tag and container this module makes is removed after it."""
+    with leftovers.removing(namespace=f"{support.NAMESPACE}-secrets"):
+        yield
+
 
 FAKE_PASSWORD = "fake-registry-password-7d1e5b"
 FAKE_LICENSE_LINE = "SERVER fake-license-server 0a1b2c3d4e5f 27000"

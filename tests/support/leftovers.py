@@ -255,6 +255,31 @@ TRACKER = Tracker()
 PLUGIN: Plugin | None = None
 
 
+@contextlib.contextmanager
+def removing(client=None, *, namespace: str | None = None) -> Iterator[Made]:
+    """Record what the ``with`` block makes (:data:`TRACKER`) and remove it at the end, also
+    when the block fails: ``with leftovers.removing(client): build.execute(plan, client)``.
+
+    ``namespace``: remove only the tags under ``namespace/`` (a module's own namespace, so that
+    a session fixture first set up inside the block keeps its images). ``client`` None: the
+    engine is reached only if something was made.
+    """
+    with TRACKER.recording() as made:
+        try:
+            yield made
+        finally:
+            if namespace is not None:
+                made.refs = {r for r in made.refs if r.startswith(f"{namespace}/")}
+            anything = made.refs or made.containers or made.image_ids or made.volumes
+            if client is None and (anything or made.networks):
+                from kilosort_docker import engine
+
+                client = engine.connect(timeout=600)
+            failed = remove(client, made)
+            if failed:
+                log.warning("could not remove: %s", "; ".join(failed))
+
+
 # -- the engine's state ---------------------------------------------------------------------
 
 
@@ -405,7 +430,12 @@ def leftovers(
         ours = _matches(image_id, made.image_ids | made.untagged_ids | replaced)
         labelled = any(k.startswith(LABEL_PREFIX) for k in labels)
         if ours or (alone and labelled):
-            found.append(f"dangling image {image_id[:19]}")
+            maker = next(
+                (made.origin[i] for i in made.origin if i and _matches(image_id, {i})), None
+            )
+            found.append(
+                f"dangling image {image_id[:19]}" + (f" (made by {maker})" if maker else "")
+            )
     for cid, what in sorted(after.containers.items()):
         if cid in before.containers:
             continue
