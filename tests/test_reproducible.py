@@ -87,13 +87,13 @@ def test_outside_a_git_checkout_the_build_asks_for_source_date_epoch(tmp_path, m
     assert tags.created_timestamp(tmp_path) == "1970-01-01T00:00:00Z"
 
 
-def test_planning_twice_gives_the_same_labels_dated_by_this_repository(monkeypatch):
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+def test_planning_twice_gives_the_same_labels_dated_by_this_repository(snapshot):
     first = plan.make_plan(get_profile(), load_pins())
     time.sleep(1.1)
     second = plan.make_plan(get_profile(), load_pins())
     assert [dict(s.labels) for s in first.steps] == [dict(s.labels) for s in second.steps]
-    committed = int(git.output("-C", str(ROOT), "log", "-1", "--format=%ct"))
+    committed = int(git.output("-C", str(snapshot), "log", "-1", "--format=%ct"))
+    assert git.output("-C", str(snapshot), "rev-parse", "HEAD") in first.steps[0].labels.values()
     assert first.source_date_epoch == committed
     assert {s.labels[CREATED] for s in first.steps} == {tags.rfc3339(committed)}
 
@@ -127,11 +127,10 @@ def _context_tar(step, the_plan) -> bytes:
 
 
 def test_a_staged_context_is_the_same_bytes_whenever_it_is_staged(
-    monkeypatch, tmp_path, fixture_repos, git_cache
+    snapshot, tmp_path, fixture_repos, git_cache
 ):
     """kilosort4 (with a wheelhouse) and the Kilosort3 chain (fixture sources, stand-in mex
     files): staged twice, a second apart, the contexts are byte-identical tar streams."""
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
@@ -176,6 +175,18 @@ def test_a_noop_rebuild_keeps_the_push_digests_in_the_record():
 
 
 # --- on the engine: build twice ------------------------------------------------------------
+
+
+@pytest.fixture
+def snapshot(tmp_path, monkeypatch) -> Path:
+    """A clone of this repository's last commit that dates and names the images (``created``,
+    ``revision``): others committing while a test builds twice must not change its labels."""
+    checkout = tmp_path / "checkout"
+    git.output("clone", "--quiet", "--shared", str(ROOT), str(checkout))
+    monkeypatch.setattr(tags, "ROOT", checkout)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    return checkout
+
 
 _STEP_ID = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
@@ -237,9 +248,8 @@ def _assert_noop_rebuild(client, make, made: set[str]) -> dict[str, str]:
 
 @pytest.mark.docker
 def test_kilosort4_rebuild_is_a_noop_dated_by_the_commit(
-    docker_client, python_base, wheelhouse, monkeypatch
+    docker_client, python_base, wheelhouse, snapshot, monkeypatch
 ):
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
 
     def make():
         return commands.make_plan(
@@ -250,7 +260,7 @@ def test_kilosort4_rebuild_is_a_noop_dated_by_the_commit(
             namespace=NAMESPACE,
         )
 
-    committed = int(git.output("-C", str(ROOT), "log", "-1", "--format=%ct"))
+    committed = int(git.output("-C", str(snapshot), "log", "-1", "--format=%ct"))
     with _own_images(docker_client) as made:
         ids = _assert_noop_rebuild(docker_client, make, made)
         labels = docker_client.images.get(ids["kilosort4"]).labels
@@ -268,11 +278,10 @@ def test_kilosort4_rebuild_is_a_noop_dated_by_the_commit(
 
 @pytest.mark.docker
 def test_kilosort3_chain_rebuild_is_a_noop(
-    docker_client, matlab_standin, mpm_server, fixture_repos, git_cache, tmp_path, monkeypatch
+    docker_client, matlab_standin, mpm_server, fixture_repos, git_cache, tmp_path, snapshot
 ):
     """matlab-toolboxes, kilosort3-code and kilosort3 (prebuilt stand-in mex files, so the
     mex-build stage is a multi-stage build whose stage image must not pile up either)."""
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
 
     def make():
         return support.standin_chain_plan(
@@ -287,6 +296,6 @@ def test_kilosort3_chain_rebuild_is_a_noop(
     with _own_images(docker_client) as made:
         ids = _assert_noop_rebuild(docker_client, make, made)
         assert set(ids) == {"matlab-toolboxes", "kilosort3-code", "kilosort3"}
-        committed = tags.rfc3339(git.commit_time(ROOT))
+        committed = tags.rfc3339(git.commit_time(snapshot))
         for image_id in ids.values():
             assert docker_client.images.get(image_id).labels[CREATED] == committed
