@@ -66,7 +66,7 @@ def is_test_ref(ref: str) -> bool:
 def full_ref(repository: str, tag: str | None) -> str:
     """``repository:tag`` with Docker's default tag; a ``@digest`` or an existing tag kept."""
     if tag:
-        return f"{repository}:{tag}"
+        return f"{repository}@{tag}" if tag.startswith("sha256:") else f"{repository}:{tag}"
     last = repository.rsplit("/", 1)[-1]
     return repository if (":" in last or "@" in repository) else f"{repository}:latest"
 
@@ -485,7 +485,7 @@ def remove(client, made: Made, *, kept: tuple[str, ...] = KEPT_IMAGES) -> list[s
                 f"container {cid[:12]}", lambda c=cid: client.api.remove_container(c, force=True)
             )
         for ref in sorted(made.refs - set(kept)):
-            if ref.startswith("127.0.0.1:") or is_test_ref(ref):
+            if "@" not in ref and is_test_ref(ref):
                 attempt(f"tag {ref}", lambda r=ref: client.api.remove_image(r))
         dangling = {i["Id"] for i in client.api.images(filters={"dangling": True})}
         for image_id in sorted(dangling):

@@ -44,7 +44,10 @@ def http_server(directory: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def registry(*, readonly: bool = False) -> Iterator[str]:
-    """A real registry (Debian's docker-registry) on 127.0.0.1; yields ``127.0.0.1:PORT``."""
+    """A real registry (Debian's docker-registry) on 127.0.0.1; yields ``127.0.0.1:PORT``.
+
+    At the end the registry stops, its storage goes, and so do the engine's local tags for
+    it (``127.0.0.1:PORT/...``, made by pushes and pulls), which would name a registry gone."""
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="kilosort-docker-registry-") as tmp:
@@ -78,3 +81,16 @@ def registry(*, readonly: bool = False) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(timeout=10)
+            _untag_registry(f"127.0.0.1:{port}/")
+
+
+def _untag_registry(prefix: str) -> None:
+    """Remove the engine's tags starting with ``prefix`` (an image left untagged goes too)."""
+    from kilosort_docker import engine
+
+    client = engine.connect(timeout=600)
+    for image in client.images.list():
+        for ref in image.tags:
+            if ref.startswith(prefix):
+                with contextlib.suppress(Exception):
+                    client.api.remove_image(ref)
