@@ -29,7 +29,6 @@ Writes noop_rebuild.json and noop_rebuild.png. Everything it tags is under the n
 from __future__ import annotations
 
 import argparse
-import calendar
 import contextlib
 import json
 import os
@@ -151,12 +150,24 @@ def breakdown(plan, client) -> dict[str, float]:
     return {k: round(v, 2) for k, v in times.items()}
 
 
+def top_functions(prof: Path, count: int = 25) -> dict[str, float]:
+    """The ``count`` functions of a cProfile file with the most cumulative time, in seconds."""
+    import pstats
+
+    stats = pstats.Stats(str(prof)).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    ranked = sorted(stats.items(), key=lambda item: item[1][3], reverse=True)[:count]
+    return {
+        f"{Path(file).name}:{line}({name})": round(value[3], 3)
+        for (file, line, name), value in ranked
+    }
+
+
 def cleanup(client, before: set[str], since: float, registry_prefix: str | None) -> int:
     """Remove the benchmark's tags, then the images it made that are left untagged: made after
     ``since`` (seconds since 1970), not there at the start, carrying the stack's labels (its
     builds' images and their steps), children first. Returns how many images went."""
-    for image in client.images.list(all=True):
-        for ref in image.tags:
+    for image in client.api.images(all=True):
+        for ref in image.get("RepoTags") or []:
             ours = ref.startswith(f"{NAMESPACE}/")
             if ours or (registry_prefix and ref.startswith(registry_prefix)):
                 with contextlib.suppress(docker.errors.APIError):
@@ -164,12 +175,13 @@ def cleanup(client, before: set[str], since: float, registry_prefix: str | None)
     removed = 0
     while True:
         gone = 0
-        for image in client.images.list(all=True, filters={"label": f"{tags.LABEL_PREFIX}.image"}):
-            made = image.attrs.get("Created", "")[:19]
-            new = made and calendar.timegm(time.strptime(made, "%Y-%m-%dT%H:%M:%S")) >= since - 60
-            if short(image.id) not in before and not image.tags and new:
+        listed = client.api.images(all=True, filters={"label": f"{tags.LABEL_PREFIX}.image"})
+        for image in listed:  # the raw list: others may remove images while it is read
+            untagged = not [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+            new = short(image["Id"]) not in before and image.get("Created", 0) >= since - 60
+            if untagged and new:
                 with contextlib.suppress(docker.errors.APIError):
-                    client.api.remove_image(image.id, noprune=True)
+                    client.api.remove_image(image["Id"], noprune=True)
                     gone += 1
         removed += gone
         if not gone:
@@ -191,7 +203,7 @@ def main() -> int:
     client = engine.connect(timeout=3600)
     debian = support.debootstrap_image(client)
     python_base = support.build_python_base(client, debian)
-    before = {short(i.id) for i in client.images.list(all=True)}
+    before = {short(i["Id"]) for i in client.api.images(all=True)}
     since = time.time()
     load = {"before": list(os.getloadavg())}
     results: dict = {"cpu_count": os.cpu_count(), "runs": args.runs}
@@ -274,7 +286,15 @@ def main() -> int:
         start = time.monotonic()
         plan = commands.make_plan(**flags)
         planned = time.monotonic() - start
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+        bare = time.monotonic() - start
+        prof = tmp / "invoke-build.prof"
+        profiled = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "invoke"]
+        subprocess.run([*profiled, "build", *cli_flags], cwd=ROOT, env=env, capture_output=True)
+        results["profile_cumulative_s"] = top_functions(prof)
         results["breakdown_s"] = {
+            "python_startup_s": round(bare, 2),
             "invoke_startup_s": round(startup, 2),
             "plan_s": round(planned, 2),
             **breakdown(plan, client),

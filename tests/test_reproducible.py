@@ -202,9 +202,8 @@ def _build(client, the_plan) -> tuple[dict[str, str], list[str], set[str]]:
 
 
 def _dangling(client) -> set[str]:
-    return {
-        i.id.removeprefix("sha256:")[:12] for i in client.images.list(filters={"dangling": True})
-    }
+    listed = client.api.images(filters={"dangling": True})  # the raw list: no look-up per image
+    return {i["Id"].removeprefix("sha256:")[:12] for i in listed}
 
 
 @contextlib.contextmanager
@@ -212,20 +211,20 @@ def _own_images(client):
     """Yields a set to add the short IDs the test's builds name; on exit removes the test's
     tags and then every image among those that did not exist before and is left untagged,
     children first (the engine refuses an image another one still builds on)."""
-    before = {i.id.removeprefix("sha256:")[:12] for i in client.images.list(all=True)}
+    before = {i["Id"].removeprefix("sha256:")[:12] for i in client.api.images(all=True)}
     made: set[str] = set()
     try:
         yield made
     finally:
-        for image in client.images.list(all=True):
-            for ref in image.tags:
+        for image in client.api.images(all=True):
+            for ref in image.get("RepoTags") or []:
                 if ref.startswith(f"{NAMESPACE}/"):
                     with contextlib.suppress(docker.errors.APIError):
                         client.api.remove_image(ref, noprune=True)
         for _ in range(3):  # a parent goes once its children are gone
             for short in sorted(made - before):
                 with contextlib.suppress(docker.errors.APIError):
-                    if not client.images.get(short).tags:
+                    if not client.api.inspect_image(short).get("RepoTags"):
                         client.api.remove_image(short, noprune=True)
 
 
