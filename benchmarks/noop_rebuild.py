@@ -150,14 +150,16 @@ def breakdown(plan, client) -> dict[str, float]:
     return {k: round(v, 2) for k, v in times.items()}
 
 
-def top_functions(prof: Path, count: int = 25) -> dict[str, float]:
-    """The ``count`` functions of a cProfile file with the most cumulative time, in seconds."""
+def top_functions(prof: Path, count: int = 25, *, where: str = "", column: int = 3):
+    """The ``count`` functions of a cProfile file with the most time (``column`` 3: cumulative,
+    2: their own), in seconds; only those in files whose path holds ``where``."""
     import pstats
 
     stats = pstats.Stats(str(prof)).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
-    ranked = sorted(stats.items(), key=lambda item: item[1][3], reverse=True)[:count]
+    chosen = [item for item in stats.items() if where in item[0][0]]
+    ranked = sorted(chosen, key=lambda item: item[1][column], reverse=True)[:count]
     return {
-        f"{Path(file).name}:{line}({name})": round(value[3], 3)
+        f"{Path(file).name}:{line}({name})": round(value[column], 3)
         for (file, line, name), value in ranked
     }
 
@@ -293,6 +295,8 @@ def main() -> int:
         profiled = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "invoke"]
         subprocess.run([*profiled, "build", *cli_flags], cwd=ROOT, env=env, capture_output=True)
         results["profile_cumulative_s"] = top_functions(prof)
+        results["profile_project_cumulative_s"] = top_functions(prof, where="kilosort_docker")
+        results["profile_own_time_s"] = top_functions(prof, column=2)
         results["breakdown_s"] = {
             "python_startup_s": round(bare, 2),
             "invoke_startup_s": round(startup, 2),
