@@ -77,7 +77,7 @@ def test_broken_images_fail_the_right_check(docker_client, kilosort3_stack, brok
         for check, text in expected.items():
             assert text in failed[check], failed[check]
     finally:
-        docker_client.api.remove_image(ref, noprune=True)
+        docker_client.api.remove_image(ref)  # its untagged layers too
 
 
 def test_secret_scan_finds_extra_strings_but_never_prints_them():

@@ -44,8 +44,6 @@ TEST_PREFIX = NAMESPACE
 #: Prefixes of the temporary folders tests and the code they run make in the temp folder
 #: (tests/support: images.py, servers.py; kilosort_docker/images/build.py; tests/gpu).
 TEMP_PREFIXES: tuple[str, ...] = ("kilosort-docker-", "ptx-jit-check-")
-#: Label keys of this project's images (kilosort_docker.images.tags.LABEL_PREFIX).
-LABEL_PREFIX = "io.kilosort-docker."
 #: Where the runs on this machine note their start and end (not under a TEMP_PREFIXES name).
 RUN_LOG = Path(tempfile.gettempdir()) / ".kilosort-docker-test-runs.log"
 
@@ -59,6 +57,15 @@ def is_test_ref(ref: str) -> bool:
     test image pushed to a local registry (``127.0.0.1:PORT/...``)."""
     if ref.startswith("127.0.0.1:"):
         return True
+    first = ref.split("/", 1)[0]
+    return "/" in ref and (first == TEST_PREFIX or first.startswith(f"{TEST_PREFIX}-"))
+
+
+def in_test_namespace(ref: str) -> bool:
+    """Whether ``ref`` is in a test namespace, on the engine or in a local registry
+    (``127.0.0.1:PORT/kilosort-docker-test.../...``): what only a test run makes."""
+    if ref.startswith("127.0.0.1:"):
+        ref = ref.split("/", 1)[1] if "/" in ref else ""
     first = ref.split("/", 1)[0]
     return "/" in ref and (first == TEST_PREFIX or first.startswith(f"{TEST_PREFIX}-"))
 
@@ -402,34 +409,33 @@ def leftovers(
 ) -> list[str]:
     """What this run made and left: one line per thing, naming where it was made.
 
-    ``made``: what :class:`Tracker` recorded in this process. ``alone``: no other test run
-    overlapped this one, so new things in the test namespaces (or with the project's labels,
-    or with the project's temp prefixes) that this process did not record were made by its
-    subprocesses and count too.
+    ``made``: what :class:`Tracker` recorded in this process (what the engine made at its
+    request, the temporary folders it made). ``alone``: no other test run overlapped this one;
+    then new tags in a test namespace (:func:`in_test_namespace`) and new containers of such
+    images count too, as made by this run's subprocesses (``invoke``, ``docker``). Other new
+    things on the shared engine and temp folder (dangling images, volumes, folders, registry
+    tags of a benchmark running meanwhile) count only when this process made them.
     """
     found: list[str] = []
 
     def where(key: str) -> str:
         return f" (made by {made.origin[key]})" if key in made.origin else ""
 
-    # Tags: ours (recorded, test namespace) or, alone, any new test tag.
     for ref in sorted(after.tags):
         if ref in kept or not is_test_ref(ref):
             continue
         new = ref not in before.tags or before.tags[ref] != after.tags[ref]
-        if ref in made.refs or (alone and new):
+        if ref in made.refs or (alone and new and in_test_namespace(ref)):
             found.append(f"tag {ref}{where(ref)}")
-    # Dangling images this run produced: named by our builds, or untagged by our hand, or
-    # a kept image's old ID that our rebuild replaced; alone, any new one with our labels.
+    # Dangling images this run produced: named by its builds, untagged by its hand, or a kept
+    # image's old ID that its rebuild replaced.
     replaced = {
         before.tags[r] for r in kept if r in before.tags and after.tags.get(r) != before.tags[r]
     }
-    for image_id, labels in sorted(after.dangling.items()):
+    for image_id in sorted(after.dangling):
         if image_id in before.dangling:
             continue
-        ours = _matches(image_id, made.image_ids | made.untagged_ids | replaced)
-        labelled = any(k.startswith(LABEL_PREFIX) for k in labels)
-        if ours or (alone and labelled):
+        if _matches(image_id, made.image_ids | made.untagged_ids | replaced):
             maker = next(
                 (made.origin[i] for i in made.origin if i and _matches(image_id, {i})), None
             )
@@ -439,18 +445,17 @@ def leftovers(
     for cid, what in sorted(after.containers.items()):
         if cid in before.containers:
             continue
-        if cid in made.containers or (
-            alone and any(p in what for p in (f"({TEST_PREFIX}", "(127.0.0.1:"))
-        ):
+        image = what.rsplit("(", 1)[-1].rstrip(")")
+        if cid in made.containers or (alone and in_test_namespace(image)):
             found.append(f"container {cid[:12]} {what}{where(cid)}")
     for volume in sorted(after.volumes - before.volumes):
-        if volume in made.volumes or (alone and volume.startswith("kilosort-docker")):
+        if volume in made.volumes:
             found.append(f"volume {volume}{where(volume)}")
     for nid, name in sorted(after.networks.items()):
-        if nid not in before.networks and (nid in made.networks or alone):
+        if nid not in before.networks and nid in made.networks:
             found.append(f"network {name}{where(nid)}")
     for folder in sorted(after.folders - before.folders):
-        if folder in made.folders or alone:
+        if folder in made.folders:
             found.append(f"folder {folder}{where(folder)}")
     for pid, argv in sorted(after.children.items()):
         if pid not in before.children:
