@@ -152,7 +152,15 @@ def _run_build(
 
 
 def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None:
-    """Tag ``image_id`` with every ref, or with none: on failure the old tags are restored."""
+    """Tag ``image_id`` with every ref, or with none: on failure the old tags are restored.
+
+    References that already name ``image_id`` (a rebuild with nothing changed) are left as
+    they are, so a no-op rebuild asks the engine once instead of twice per reference."""
+    try:
+        current = set(client.api.inspect_image(image_id).get("RepoTags") or [])
+    except docker.errors.DockerException:
+        current = set()
+    refs = [ref for ref in refs if ref not in current]
     previous: dict[str, str | None] = {}
     for ref in refs:
         try:
