@@ -219,6 +219,8 @@ def main() -> int:
             "KILOSORT_DOCKER_BUILD_RECORD_DIR": str(tmp / "record"),
             "DOCKER_BUILDKIT": "0",
         }
+        saved = dict(os.environ)  # given back before the figure (matplotlib caches fonts)
+        stack.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
         os.environ.update(
             {k: env[k] for k in ("XDG_CACHE_HOME", "KILOSORT_DOCKER_BUILD_RECORD_DIR")}
         )
