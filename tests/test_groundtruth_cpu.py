@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,17 +193,19 @@ def test_sorter_crash_is_a_verdict(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == groundtruth.EXIT_FAIL, captured
     last = captured.out.strip().splitlines()[-1]
-    assert last == "[groundtruth] FAIL: the sorter crashed: " + CLUSTERING_CRASH
+    crash = re.fullmatch(r"\[groundtruth\] FAIL: the sorter crashed: (.*)", last)
+    assert crash and re.fullmatch(CLUSTERING_CRASH, crash[1]), last
     assert "Traceback" not in captured.out + captured.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] is False and summary["runs"] == []
-    assert summary["error"] == "the sorter crashed: " + CLUSTERING_CRASH
+    assert summary["error"] == "the sorter crashed: " + crash[1]
     assert summary["simulation"]["duration_s"] == 2.1
     assert "Traceback" in (out / "run-1" / "kilosort4.log").read_text()  # kept for the user
 
 
-#: What Kilosort 4.1.7 raises on 2.1 s, 16 channels, 4 units (seed 42) on the CPU.
-CLUSTERING_CRASH = "ValueError: n_samples=3 should be >= n_clusters=6."
+#: What Kilosort 4.1.7 raises on 2.1 s, 16 channels, 4 units (seed 42) on the CPU: too few
+#: spikes for its k-means (here n_samples=3, n_clusters=6; MouseLand/Kilosort issue 719).
+CLUSTERING_CRASH = r"ValueError: n_samples=\d+ should be >= n_clusters=\d+\."
 
 
 def test_sorter_crash_from_the_command_line(tmp_path):
