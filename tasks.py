@@ -247,7 +247,8 @@ def profiles(c):
 )
 @user_errors
 def clean(c, profile: str | None = None, dry_run: bool = False):
-    """Remove the images this project built (found by their labels)."""
+    """Remove the images this project built (found by their labels), tagged or untagged;
+    the test suite's namespaces (kilosort-docker-test*) are left to the suite."""
     ui.setup_logging()
     commands.clean(profile=profile, dry_run=dry_run)
 
