@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -54,13 +55,27 @@ class FakeClient:
         return self.container
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    for name in ("recording.bin", "ks4_settings.json", "ks4_probe.json", "ops.mat", "chanMap.mat"):
+#: The fixture's recording: 4 channels, 2.5 s at 30 kHz (more than one batch of either sorter).
+N_CHAN, N_SAMPLES = 4, 75000
+
+
+def write_inputs(d, n_samples=N_SAMPLES):
+    """A data folder as the runners read it: the binary's length, Kilosort 4 settings and
+    Kilosort 3 ops are real; the probe and channel map are placeholders."""
+    scipy_io = pytest.importorskip("scipy.io")  # the Kilosort 3 runners read ops.mat with it
+    d.mkdir(exist_ok=True)
+    (d / "recording.bin").write_bytes(bytes(2 * N_CHAN * n_samples))
+    (d / "ks4_settings.json").write_text(json.dumps({"n_chan_bin": N_CHAN, "fs": 30000.0}))
+    ops = {"NchanTOT": float(N_CHAN), "fs": 30000.0, "NT": float(64 * 1024 - 64)}
+    scipy_io.savemat(d / "ops.mat", {"ops": ops})
+    for name in ("ks4_probe.json", "chanMap.mat"):
         (d / name).write_bytes(b"x")
     return d
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_inputs(tmp_path / "data")
 
 
 # --------------------------------------------------------------------------- licenses
@@ -206,6 +221,40 @@ def test_container_failure_quotes_last_line(data_dir, tmp_path):
     with pytest.raises(SortError, match="exited with 1: RuntimeError: CUDA out of memory"):
         run_kilosort4_container(data_dir, tmp_path / "out", image="k", client=client)
     assert client.container.removed
+
+
+def test_runners_refuse_a_recording_shorter_than_two_batches(monkeypatch, tmp_path):
+    """Before any container or MATLAB starts: 2 s is one Kilosort 4 batch (60000 samples)
+    and less than one Kilosort 3 batch (65472)."""
+    short = write_inputs(tmp_path / "short", n_samples=60000)
+    client = FakeClient()
+    with pytest.raises(UserError, match="too short for Kilosort 4.*at least 60061 samples"):
+        run_kilosort4_container(short, tmp_path / "o4", image="k", client=client)
+    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licsrv")
+    with pytest.raises(UserError, match="too short for Kilosort 3.*at least 65473 samples"):
+        run_kilosort3_container(short, tmp_path / "o3", image="ks3", client=client)
+    assert client.calls == []
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "matlab").write_text("#!/bin/sh\necho ran > ran.txt\n")
+    (bin_dir / "matlab").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(UserError, match="too short for Kilosort 3"):
+        run_kilosort3_host(short, tmp_path / "oh")
+    assert not (tmp_path / "oh").exists()
+    # one sample more than a Kilosort 3 batch is sorted
+    run_kilosort3_host(write_inputs(tmp_path / "ok", n_samples=65473), tmp_path / "oh")
+    assert (tmp_path / "oh" / "ran.txt").is_file()
+
+
+def test_runners_refuse_inputs_they_cannot_read(monkeypatch, data_dir, tmp_path):
+    (data_dir / "ops.mat").write_bytes(b"x")
+    (data_dir / "ks4_settings.json").write_text("{}")
+    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licsrv")
+    with pytest.raises(UserError, match="ops.mat is not Kilosort ops"):
+        run_kilosort3_container(data_dir, tmp_path / "o3", image="ks3", client=FakeClient())
+    with pytest.raises(UserError, match="ks4_settings.json is not Kilosort 4 settings"):
+        run_kilosort4_container(data_dir, tmp_path / "o4", image="k", client=FakeClient())
 
 
 def test_missing_inputs(tmp_path):

@@ -61,6 +61,27 @@ def matlab_statement(data_dir: str, out_dir: str, *, matlab_dir: str | None = No
     return f"{add}run_kilosort3({matlab_runner.quote(data_dir)}, {matlab_runner.quote(out_dir)})"
 
 
+def check_folder(data_dir: Path) -> None:
+    """:func:`check_recording` for a simulation folder: channels, rate and ``NT`` from its
+    ``ops.mat``, samples from the size of ``recording.bin``.
+
+    Raises:
+        UserError: ``ops.mat`` is not Kilosort ops, or the recording is too short.
+    """
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    try:
+        ops = scipy.io.loadmat(data_dir / "ops.mat", simplify_cells=True)["ops"]
+        n_chan, fs, nt = int(ops["NchanTOT"]), float(ops["fs"]), int(ops["NT"])
+    except (MatReadError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{data_dir / 'ops.mat'} is not Kilosort ops with NchanTOT, fs and NT "
+            f"({type(exc).__name__}): simulate the folder again"
+        ) from None
+    check_recording((data_dir / "recording.bin").stat().st_size // (2 * n_chan), fs, nt=nt)
+
+
 def run_kilosort3_container(
     data_dir: Path | str,
     out_dir: Path | str,
@@ -91,12 +112,14 @@ def run_kilosort3_container(
             ``client``, ``gpu``.
 
     Raises:
-        UserError: no license, missing inputs, no Docker engine, unknown image.
+        UserError: no license, missing inputs, a recording too short (:func:`check_recording`),
+            no Docker engine, unknown image.
         SortError: MATLAB exited non-zero.
     """
     lic = matlab_runner.resolve_license(license)
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS3_INPUTS)
+    check_folder(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     volumes = {
         str(data_dir): {"bind": DATA_MOUNT, "mode": "ro"},
@@ -125,13 +148,15 @@ def run_kilosort3_host(
     npy-matlab on its path, or Kilosort 3's folder in ``$KILOSORT3_PATH``).
 
     Raises:
-        UserError: no MATLAB, no license, missing inputs.
+        UserError: no MATLAB, no license, missing inputs, a recording too short
+            (:func:`check_recording`).
         SortError: MATLAB exited non-zero.
     """
     exe = matlab_runner.local_matlab(matlab)
     lic = matlab_runner.host_license(license, exe)
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS3_INPUTS)
+    check_folder(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stmt = matlab_statement(str(data_dir), str(out_dir), matlab_dir=str(MATLAB_DIR))
     start = time.perf_counter()

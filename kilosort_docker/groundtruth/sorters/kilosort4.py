@@ -73,6 +73,17 @@ def recording_samples(data_dir: Path) -> tuple[int, dict]:
     return (data_dir / "recording.bin").stat().st_size // (2 * n_chan), settings
 
 
+def check_folder(data_dir: Path) -> None:
+    """:func:`check_recording` for a simulation folder, with its own settings."""
+    n_samples, settings = recording_samples(data_dir)
+    check_recording(
+        n_samples,
+        float(settings.get("fs", 30000.0)),
+        batch_size=settings.get("batch_size", KS4_BATCH_SIZE),
+        nt=settings.get("nt", KS4_NT),
+    )
+
+
 def run_kilosort4_host(
     data_dir: Path | str, out_dir: Path | str, *, device: str = "auto"
 ) -> SortResult:
@@ -93,13 +104,7 @@ def run_kilosort4_host(
     if device not in DEVICES:
         raise UserError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     check_data_folder(data_dir, KS4_INPUTS)
-    n_samples, settings = recording_samples(data_dir)
-    check_recording(
-        n_samples,
-        float(settings.get("fs", 30000.0)),
-        batch_size=settings.get("batch_size", KS4_BATCH_SIZE),
-        nt=settings.get("nt", KS4_NT),
-    )
+    check_folder(data_dir)
     try:
         import kilosort  # noqa: F401
     except ImportError as exc:
@@ -143,11 +148,13 @@ def run_kilosort4_container(
         client: docker SDK client (default: from the environment).
 
     Raises:
-        UserError: missing inputs, no Docker engine, unknown image.
+        UserError: missing inputs, a recording too short (:func:`check_recording`), no
+            Docker engine, unknown image.
         SortError: the container exited non-zero.
     """
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS4_INPUTS)
+    check_folder(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = Path(ks4_entry.__file__).read_text()
     command = ["python", "-c", source, DATA_MOUNT, OUT_MOUNT, "cuda" if gpu else "cpu"]
