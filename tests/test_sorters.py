@@ -223,38 +223,39 @@ def test_container_failure_quotes_last_line(data_dir, tmp_path):
     assert client.container.removed
 
 
-def test_runners_refuse_a_recording_shorter_than_two_batches(monkeypatch, tmp_path):
-    """Before any container or MATLAB starts: 2 s is one Kilosort 4 batch (60000 samples)
-    and less than one Kilosort 3 batch (65472)."""
-    short = write_inputs(tmp_path / "short", n_samples=60000)
-    client = FakeClient()
-    with pytest.raises(UserError, match="too short for Kilosort 4.*at least 60061 samples"):
-        run_kilosort4_container(short, tmp_path / "o4", image="k", client=client)
-    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licsrv")
-    with pytest.raises(UserError, match="too short for Kilosort 3.*at least 65473 samples"):
-        run_kilosort3_container(short, tmp_path / "o3", image="ks3", client=client)
-    assert client.calls == []
+def fake_matlab(tmp_path, monkeypatch):
+    """A ``matlab`` on PATH that records that it ran, and a license server form."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "matlab").write_text("#!/bin/sh\necho ran > ran.txt\n")
     (bin_dir / "matlab").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
-    with pytest.raises(UserError, match="too short for Kilosort 3"):
-        run_kilosort3_host(short, tmp_path / "oh")
-    assert not (tmp_path / "oh").exists()
+    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licsrv")
+
+
+def test_host_runners_refuse_a_recording_shorter_than_two_batches(monkeypatch, tmp_path):
+    """Before MATLAB or Kilosort starts: 2 s is one Kilosort 4 batch (60000 samples) and less
+    than one Kilosort 3 batch (65472)."""
+    fake_matlab(tmp_path, monkeypatch)
+    short = write_inputs(tmp_path / "short", n_samples=60000)
+    with pytest.raises(UserError, match="too short for Kilosort 4.*at least 60061 samples"):
+        run_kilosort4_host(short, tmp_path / "o4", device="cpu")
+    with pytest.raises(UserError, match="too short for Kilosort 3.*at least 65473 samples"):
+        run_kilosort3_host(short, tmp_path / "o3")
+    assert not (tmp_path / "o4").exists() and not (tmp_path / "o3").exists()
     # one sample more than a Kilosort 3 batch is sorted
-    run_kilosort3_host(write_inputs(tmp_path / "ok", n_samples=65473), tmp_path / "oh")
-    assert (tmp_path / "oh" / "ran.txt").is_file()
+    run_kilosort3_host(write_inputs(tmp_path / "ok", n_samples=65473), tmp_path / "o3")
+    assert (tmp_path / "o3" / "ran.txt").is_file()
 
 
-def test_runners_refuse_inputs_they_cannot_read(monkeypatch, data_dir, tmp_path):
+def test_host_runners_refuse_inputs_they_cannot_read(monkeypatch, data_dir, tmp_path):
+    fake_matlab(tmp_path, monkeypatch)
     (data_dir / "ops.mat").write_bytes(b"x")
     (data_dir / "ks4_settings.json").write_text("{}")
-    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licsrv")
     with pytest.raises(UserError, match="ops.mat is not Kilosort ops"):
-        run_kilosort3_container(data_dir, tmp_path / "o3", image="ks3", client=FakeClient())
+        run_kilosort3_host(data_dir, tmp_path / "o3")
     with pytest.raises(UserError, match="ks4_settings.json is not Kilosort 4 settings"):
-        run_kilosort4_container(data_dir, tmp_path / "o4", image="k", client=FakeClient())
+        run_kilosort4_host(data_dir, tmp_path / "o4", device="cpu")
 
 
 def test_missing_inputs(tmp_path):

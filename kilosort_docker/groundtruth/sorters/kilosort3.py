@@ -112,14 +112,12 @@ def run_kilosort3_container(
             ``client``, ``gpu``.
 
     Raises:
-        UserError: no license, missing inputs, a recording too short (:func:`check_recording`),
-            no Docker engine, unknown image.
+        UserError: no license, missing inputs, no Docker engine, unknown image.
         SortError: MATLAB exited non-zero.
     """
     lic = matlab_runner.resolve_license(license)
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS3_INPUTS)
-    check_folder(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     volumes = {
         str(data_dir): {"bind": DATA_MOUNT, "mode": "ro"},

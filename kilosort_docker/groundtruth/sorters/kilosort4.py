@@ -148,13 +148,12 @@ def run_kilosort4_container(
         client: docker SDK client (default: from the environment).
 
     Raises:
-        UserError: missing inputs, a recording too short (:func:`check_recording`), no
-            Docker engine, unknown image.
-        SortError: the container exited non-zero.
+        UserError: missing inputs, no Docker engine, unknown image.
+        SortError: the container exited non-zero (exit 2 with a one-line reason for a
+            recording too short: the entry point checks it inside the image).
     """
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS4_INPUTS)
-    check_folder(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = Path(ks4_entry.__file__).read_text()
     command = ["python", "-c", source, DATA_MOUNT, OUT_MOUNT, "cuda" if gpu else "cpu"]
