@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ from pathlib import Path
 import docker.errors
 
 from kilosort_docker import commands, engine
-from kilosort_docker.images import build, tags
+from kilosort_docker.images import build
 from tests import support
 
 ROOT = support.REPO_ROOT
@@ -164,10 +165,16 @@ def top_functions(prof: Path, count: int = 25, *, where: str = "", column: int =
     }
 
 
-def cleanup(client, before: set[str], since: float, registry_prefix: str | None) -> int:
-    """Remove the benchmark's tags, then the images it made that are left untagged: made after
-    ``since`` (seconds since 1970), not there at the start, carrying the stack's labels (its
-    builds' images and their steps), children first. Returns how many images went."""
+def logged_images(log: Path) -> set[str]:
+    """Short IDs of the images the builds in ``log`` name (every step's and the result)."""
+    found = re.findall(r"(?:---> |Successfully built )([0-9a-f]{12})$", log.read_text(), re.M)
+    return set(found)
+
+
+def cleanup(client, before: set[str], made: set[str], registry_prefix: str | None) -> int:
+    """Remove the benchmark's tags, then the images its builds made (``made``, short IDs) that
+    were not there at the start and are left untagged, children first. Returns how many went.
+    """
     for image in client.api.images(all=True):
         for ref in image.get("RepoTags") or []:
             ours = ref.startswith(f"{NAMESPACE}/")
@@ -177,11 +184,10 @@ def cleanup(client, before: set[str], since: float, registry_prefix: str | None)
     removed = 0
     while True:
         gone = 0
-        listed = client.api.images(all=True, filters={"label": f"{tags.LABEL_PREFIX}.image"})
-        for image in listed:  # the raw list: others may remove images while it is read
+        for image in client.api.images(all=True):  # the raw list: others remove images too
             untagged = not [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
-            new = short(image["Id"]) not in before and image.get("Created", 0) >= since - 60
-            if untagged and new:
+            ours = short(image["Id"]) in made - before
+            if untagged and ours:
                 with contextlib.suppress(docker.errors.APIError):
                     client.api.remove_image(image["Id"], noprune=True)
                     gone += 1
@@ -206,7 +212,6 @@ def main() -> int:
     debian = support.debootstrap_image(client)
     python_base = support.build_python_base(client, debian)
     before = {short(i["Id"]) for i in client.api.images(all=True)}
-    since = time.time()
     load = {"before": list(os.getloadavg())}
     results: dict = {"cpu_count": os.cpu_count(), "runs": args.runs}
     registry_prefix = None
@@ -324,7 +329,7 @@ def main() -> int:
         results["uptime"] = subprocess.run(
             ["uptime"], capture_output=True, text=True
         ).stdout.strip()
-        results["removed_images"] = cleanup(client, before, since, registry_prefix)
+        results["removed_images"] = cleanup(client, before, logged_images(log), registry_prefix)
     print(json.dumps(results, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "noop_rebuild.json").write_text(json.dumps(results, indent=2) + "\n")
