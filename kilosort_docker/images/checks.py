@@ -409,8 +409,8 @@ def scan_saved_image(chunks: Iterable[bytes], *, extra: Iterable[str] = ()) -> S
                 except tarfile.TarError:
                     log.debug("%s is not a tar archive", member.name)
                 continue
-            data = handle.read()
-            if member.name == "manifest.json":
+            data, path = handle.read(), member.name
+            if path == "manifest.json":  # the saved image's index of its layers
                 with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
                     listed = [layer for entry in json.loads(data) for layer in entry["Layers"]]
             try:
