@@ -172,17 +172,20 @@ def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
         chosen = get_profile(profile)
         filters["label"].append(f"{LABEL_PREFIX}.profile={chosen.name}")
     targets: list[str] = []
-    for image in client.images.list(filters=filters):
-        targets += [ref for ref in image.tags if not _is_test_ref(ref)]
-    for image in client.images.list(filters={"dangling": True}):
-        labels = image.labels or {}
+    # The low-level list (dicts): images.list() inspects each image and fails on one that
+    # another process removes meanwhile.
+    for image in client.api.images(filters=filters):
+        refs = [r for r in image.get("RepoTags") or [] if r != "<none>:<none>"]
+        targets += [ref for ref in refs if not _is_test_ref(ref)]
+    for image in client.api.images(filters={"dangling": True}):
+        labels = image.get("Labels") or {}
         if not any(key.startswith(f"{LABEL_PREFIX}.") for key in labels):
             continue
         if profile and labels.get(f"{LABEL_PREFIX}.profile") != chosen.name:
             continue
         if _is_test_ref(labels.get(_BASE_NAME_LABEL, "")):
             continue
-        targets.append(image.id)
+        targets.append(image["Id"])
     removed: list[str] = []
     for target in targets:
         if dry_run:

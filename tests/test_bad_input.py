@@ -12,6 +12,7 @@ import pytest
 from kilosort_docker import commands
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import build
+from tests.support import leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +100,9 @@ def test_dry_run_prints_the_whole_kilosort3_plan():
 
 
 def _tags_in(client, namespace: str) -> list[str]:
-    return [t for image in client.images.list() for t in image.tags if t.startswith(namespace)]
+    # The low-level list: no per-image call that another run's removal could make fail.
+    tags = [t for image in client.api.images() for t in image.get("RepoTags") or []]
+    return [t for t in tags if t.startswith(namespace)]
 
 
 @pytest.mark.docker
@@ -133,7 +136,11 @@ def test_failing_run_step_leaves_no_tag(docker_client, matlab_standin, mpm_serve
         namespace=namespace,
     )
     events = build.BuildEvents()
-    with pytest.raises(UserError, match="building matlab-toolboxes failed at Step"):
+    # The steps before the failing one leave their (untagged) images: removed after.
+    with (
+        leftovers.removing(docker_client, namespace=namespace),
+        pytest.raises(UserError, match="building matlab-toolboxes failed at Step"),
+    ):
         build.execute(plan, docker_client, events=events)
     assert any(expected in line for line in events.log_lines)
     assert _tags_in(docker_client, namespace) == []

@@ -179,7 +179,7 @@ def test_clean_leaves_test_images_and_finds_untagged_labelled_ones(
             support.build_dockerfile(docker_client, tmp_path, other, buildargs={})
             if step == "old":
                 dangling = docker_client.images.get(other).id
-        assert dangling in {i.id for i in docker_client.images.list(filters={"dangling": True})}
+        assert dangling in {i["Id"] for i in docker_client.api.images(filters={"dangling": True})}
         docker_client.api.remove_image(other)
     try:
         listed = commands.clean(dry_run=True)

@@ -94,8 +94,8 @@ def test_bad_registry_or_namespace_is_refused_before_any_tag(
     def remote_tags() -> list[str]:  # only these: other test runs may tag meanwhile
         return sorted(
             t
-            for image in docker_client.images.list()
-            for t in image.tags
+            for image in docker_client.api.images()  # no per-image call to race a removal
+            for t in image.get("RepoTags") or []
             if t.startswith(registry.rstrip("/"))
         )
 

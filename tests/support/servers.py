@@ -89,8 +89,8 @@ def _untag_registry(prefix: str) -> None:
     from kilosort_docker import engine
 
     client = engine.connect(timeout=600)
-    for image in client.images.list():
-        for ref in image.tags:
+    for image in client.api.images():  # dicts: no per-image call to race a removal
+        for ref in image.get("RepoTags") or []:
             if ref.startswith(prefix):
                 with contextlib.suppress(Exception):
                     client.api.remove_image(ref)
