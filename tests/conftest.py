@@ -6,6 +6,11 @@ engine or a tool the integration tests need is missing. Set ``KILOSORT_DOCKER_RE
 (on machines that must run the GPU tests) to turn every skip of a test marked ``gpu`` into a
 failure (:func:`pytest_runtest_makereport`); pytest's ``-ra`` (pyproject.toml) names every
 skip's reason in the summary.
+
+Every test and fixture removes what it makes; the session-end check of
+:mod:`tests.support.leftovers` fails the run if a tag, container, dangling image, volume,
+network, temporary folder or process made by this run is left (the cached bases in
+``leftovers.KEPT_IMAGES`` excepted), names the test that made it and removes it.
 """
 
 from __future__ import annotations
