@@ -5,11 +5,17 @@ volumes, networks, temporary folders, servers). :class:`Tracker` records, for th
 everything the Docker SDK is asked to make (``APIClient.build``/``tag``/``create_container``/
 ``create_volume``/``create_network``/``commit``/``import_image``/``pull``, the image IDs a
 build's stream names, the IDs a ``remove_image`` untags) and every temporary folder made with
-a project prefix (``tempfile.mkdtemp``); :meth:`Tracker.leftovers` says which of those still
-exist at the end of the session. Things made outside this process (``invoke`` or ``docker``
-run as subprocesses) are found by comparing the engine's state before and after, restricted to
-the test namespaces, and only when no other test run overlapped this one (:class:`RunLog`):
-several test runs share one engine, and one run must neither blame nor remove another's images.
+a project prefix (``tempfile.mkdtemp``); :func:`leftovers` says which of those still exist at
+the end of the session (:class:`Plugin`, registered by tests/conftest.py, fails the run then).
+Tags and containers made outside this process (``invoke`` or ``docker`` run as subprocesses)
+are found by comparing the engine's state before and after, restricted to the test
+namespaces, and only when no other test run overlapped this one (:class:`RunLog`): several
+test runs (and benchmarks) share one engine, and one run must neither blame nor remove
+another's images. Child processes and HTTP server threads still alive at the end count too.
+
+Limits: dangling images, volumes and folders that a subprocess made are not seen; two runs
+that build the same content share image IDs, so removing one run's untagged layers can race
+the other's build of the same layers (the engine refuses to remove an image in use).
 
 :data:`KEPT_IMAGES` are the base images the suite builds on purpose and reuses across runs;
 they are the only test images a run may leave.
