@@ -22,8 +22,6 @@ from kilosort_docker import commands
 from tests import support
 from tests.support import leftovers
 
-pytestmark = pytest.mark.docker
-
 CONFTEST = """\
 from tests.support import leftovers
 
@@ -112,6 +110,7 @@ def exists(client, kind: str, name: str) -> bool:
     return True
 
 
+@pytest.mark.docker
 def test_a_run_that_cleans_up_passes(docker_client, debian_base, tmp_path):
     name = f"kilosort-docker-test-cleanup-{uuid.uuid4().hex[:8]}"
     result = run_session(tmp_path, "nothing", name)
@@ -120,6 +119,7 @@ def test_a_run_that_cleans_up_passes(docker_client, debian_base, tmp_path):
     assert "left" not in result.stdout
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("leak", ["tag", "container", "volume", "folder", "process"])
 def test_a_run_that_leaves_something_fails_and_names_it(docker_client, debian_base, tmp_path, leak):
     name = f"kilosort-docker-test-cleanup-{uuid.uuid4().hex[:8]}"
@@ -155,6 +155,7 @@ def test_kept_images_are_the_cached_bases():
     assert not leftovers.is_test_ref("kilosort/kilosort3:latest")
 
 
+@pytest.mark.docker
 def test_clean_leaves_test_images_and_finds_untagged_labelled_ones(
     docker_client, debian_base, tmp_path
 ):
@@ -189,3 +190,72 @@ def test_clean_leaves_test_images_and_finds_untagged_labelled_ones(
         leftovers.remove(docker_client, made)
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(dangling)
+
+
+def _state(tags=None, dangling=None, containers=None, volumes=(), folders=()):
+    return leftovers.State(
+        tags=tags or {},
+        dangling=dangling or {},
+        containers=containers or {},
+        volumes=frozenset(volumes),
+        networks={},
+        folders=frozenset(folders),
+        children={},
+        servers=frozenset(),
+    )
+
+
+def test_another_runs_things_are_never_blamed_while_it_overlaps():
+    """New test tags and containers made outside this process count only when no other run
+    overlapped; what this process made counts always; registry tags of a benchmark, volumes
+    and folders made meanwhile never do unless this process made them."""
+    before = _state(tags={support.DEBIAN_IMAGE: "sha256:d"})
+    after = _state(
+        tags={
+            support.DEBIAN_IMAGE: "sha256:d",
+            "kilosort-docker-test-x/a:1": "sha256:a",  # a subprocess of ours, or another run
+            "kilosort-docker-test-y/b:1": "sha256:b",  # made by this process
+            "127.0.0.1:5000/bench/c:1": "sha256:c",  # a benchmark's registry tag
+            "kilosort/kilosort3:latest": "sha256:e",  # not a test image
+        },
+        containers={"c1": "x (kilosort-docker-test-x/a:1)", "c2": "y (python:3)"},
+        volumes={"kilosort-docker-cuda-cache"},
+        folders={"/tmp/kilosort-docker-registry-1"},
+    )
+    made = leftovers.Made(refs={"kilosort-docker-test-y/b:1"})
+    shared = leftovers.leftovers(before, after, made, alone=False)
+    assert shared == ["tag kilosort-docker-test-y/b:1"]
+    alone = leftovers.leftovers(before, after, made, alone=True)
+    assert alone == [
+        "tag kilosort-docker-test-x/a:1",
+        "tag kilosort-docker-test-y/b:1",
+        "container c1 x (kilosort-docker-test-x/a:1)",
+    ]
+
+
+def test_dangling_images_count_when_this_run_produced_them():
+    old_base = "sha256:" + "1" * 64
+    built = "sha256:" + "2" * 64
+    foreign = "sha256:" + "3" * 64
+    before = _state(tags={support.MATLAB_STANDIN_IMAGE: old_base})
+    after = _state(
+        tags={support.MATLAB_STANDIN_IMAGE: "sha256:" + "4" * 64},  # rebuilt: the old is ours
+        dangling={old_base: {}, built: {}, foreign: {"io.kilosort-docker.image": "x"}},
+    )
+    made = leftovers.Made(image_ids={"2" * 12})  # a build's stream named it (short ID)
+    found = leftovers.leftovers(before, after, made, alone=True)
+    assert found == [f"dangling image {old_base[:19]}", f"dangling image {built[:19]}"]
+
+
+def test_run_log_sees_an_overlapping_run(tmp_path):
+    path = tmp_path / "runs.log"
+    mine, other = leftovers.RunLog(path), leftovers.RunLog(path)
+    mine.start()
+    assert mine.others() == []
+    other.start()
+    other.end()  # began and ended during mine
+    assert mine.others() == [f"{os.getpid()} {other.token}"]
+    mine.end()
+    late = leftovers.RunLog(path)
+    late.start()
+    assert late.others() == []  # mine ended before it began

@@ -369,15 +369,16 @@ class RunLog:
     def __init__(self, path: Path = RUN_LOG) -> None:
         self.path, self.token, self.started = path, uuid.uuid4().hex[:12], time.time()
 
-    def _write(self, what: str) -> None:
+    def _write(self, what: str, when: float) -> None:
         with contextlib.suppress(OSError), open(self.path, "a") as out:
-            out.write(f"{os.getpid()} {self.token} {what} {time.time():.3f}\n")
+            out.write(f"{os.getpid()} {self.token} {what} {when!r}\n")
 
     def start(self) -> None:
-        self._write("start")
+        self.started = time.time()
+        self._write("start", self.started)
 
     def end(self) -> None:
-        self._write("end")
+        self._write("end", time.time())
 
     def others(self) -> list[str]:
         """``pid token`` of every other run that ran at some time during this one."""
