@@ -55,7 +55,7 @@ def matlab_with_cudart(docker_client, matlab_standin, cuda118, tmp_path_factory)
     ref = f"{NAMESPACE}/matlab-standin-cudart:r2022b"
     yield support.standin_with_cudart(docker_client, matlab_standin, cuda118, context, ref=ref)
     with contextlib.suppress(Exception):
-        docker_client.api.remove_image(ref, noprune=True)
+        docker_client.api.remove_image(ref)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def real_kilosort3(
         for step in the_plan.steps:
             for ref in step.refs:
                 with contextlib.suppress(Exception):  # never built, or already gone
-                    docker_client.api.remove_image(ref, noprune=True)
+                    docker_client.api.remove_image(ref)
 
 
 def _cuobjdump(cuda118: Path, *args: str) -> str:
