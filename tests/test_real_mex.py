@@ -27,11 +27,22 @@ import pytest
 from kilosort_docker import commands, containers, mex, paths
 from kilosort_docker.images import build, checks, mexstage, sources
 from tests import support
+from tests.support import leftovers
 from tests.test_real_sources import KILOSORT_302_BUILT
 
 pytestmark = pytest.mark.docker
 
 NAMESPACE = f"{support.NAMESPACE}-realmex"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removes_what_it_builds():
+    """Every image this module's builds make, multi-stage build stages included, is removed
+    after it (tests/support/leftovers.py)."""
+    with leftovers.removing(namespace=NAMESPACE):
+        yield
+
+
 #: MATLAB R2022b's mexcuda targets (its `mexcuda -v` output): SASS for these, PTX compute_80.
 R2022B_SASS = ["sm_35", "sm_50", "sm_60", "sm_70", "sm_80"]
 R2022B_PTX = ["compute_80"]

@@ -27,8 +27,19 @@ from kilosort_docker.images.pins import load_pins
 from kilosort_docker.images.profiles import get_profile
 from kilosort_docker.paths import ROOT
 from tests import support
+from tests.support import leftovers
 
 NAMESPACE = f"{support.NAMESPACE}-reproducible"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removes_what_it_builds():
+    """Every image this module's builds make, multi-stage build stages included, is removed
+    after it (tests/support/leftovers.py)."""
+    with leftovers.removing(namespace=NAMESPACE):
+        yield
+
+
 CREATED = "org.opencontainers.image.created"
 #: 2023-11-14T22:13:20Z
 FIXED_EPOCH = 1_700_000_000
