@@ -12,6 +12,7 @@ cannot run here are listed in :data:`NOT_RUN` with the reason.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shlex
@@ -174,20 +175,26 @@ def test_every_readme_command_runs(
     written = (root / "build", root / "mex-binaries", root / "benchmarks" / "acceptance")
     before = _tree(*written)
     commands = [c for c in readme_commands(README.read_text()) if c.startswith("invoke ")]
-    failures, ran = [], set()
-    for command in dict.fromkeys(commands):  # each distinct command once
+    copy = _clean_copy(tmp_path)
+
+    def run(command: str) -> tuple[str, str | None]:
         argv, mode = _argv(command, tmp_path, fake_api.url)
         cwd, env = root, readme_env
         if argv[3] == "release":
-            cwd = _clean_copy(tmp_path)
-            env = readme_env | {"PYTHONPATH": str(cwd)}
+            cwd, env = copy, readme_env | {"PYTHONPATH": str(copy)}
         done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-        ran.add(mode)
-        if done.returncode != 0:
-            failures.append(
-                f"{command!r} ({mode}: {shlex.join(argv[3:])}) exited "
-                f"{done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}"
-            )
+        if done.returncode == 0:
+            return mode, None
+        return mode, (
+            f"{command!r} ({mode}: {shlex.join(argv[3:])}) exited "
+            f"{done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}"
+        )
+
+    # Each distinct command once; a few at a time (each is mostly Python's start-up).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, dict.fromkeys(commands)))
+    ran = {mode for mode, _ in results}
+    failures = [failure for _, failure in results if failure]
     assert not failures, "\n".join(failures)
     assert ran == {DRY_RUN, AS_SHOWN, HELP}
     assert _tree(*written) == before, "a README dry run wrote into the repository"
