@@ -247,8 +247,10 @@ def profiles(c):
 )
 @user_errors
 def clean(c, profile: str | None = None, dry_run: bool = False):
-    """Remove the images this project built (found by their labels), tagged or untagged;
-    the test suite's namespaces (kilosort-docker-test*) are left to the suite."""
+    """Remove the images this project built, tagged or untagged (found by their labels).
+
+    The test suite's namespaces (kilosort-docker-test*) are left to the suite.
+    """
     ui.setup_logging()
     commands.clean(profile=profile, dry_run=dry_run)
 
