@@ -7,6 +7,7 @@ The tools are declared once, in pyproject.toml's optional dependencies (`lint` i
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,11 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
+#: nox sets the root logger to DEBUG; only the project's own loggers may be that verbose, so the
+#: Docker SDK and urllib3 (used by `_docker_missing`) log warnings and errors only.
+QUIET_LIBRARIES = ("docker", "urllib3")
+for _name in QUIET_LIBRARIES:
+    logging.getLogger(_name).setLevel(logging.WARNING)
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 REQUIRE_DOCKER = os.environ.get("KILOSORT_DOCKER_REQUIRE_DOCKER") == "1"

@@ -22,6 +22,7 @@ from kilosort_docker.images.options import (
     BuildOptions,
     flag_name,
     option_fields,
+    option_help,
     site_defaults,
 )
 from kilosort_docker.paths import ROOT
@@ -98,9 +99,10 @@ def user_errors(func: Callable) -> Callable:
     return wrapper
 
 
-def _help(spec) -> str:
-    """An option's help, naming its site setting where it has one."""
-    text = spec.metadata["help"]
+def _help(spec, task_name: str) -> str:
+    """An option's help as the task ``task_name`` words it, naming its site setting where it
+    has one."""
+    text = option_help(spec, task_name)
     if spec.metadata["site"]:
         text += f" (site setting: {CONFIG_SECTION}.{flag_name(spec)})"
     return text
@@ -120,8 +122,9 @@ def options_task(
     body's own parameters; the body gets them as ``options``, a checked
     :class:`BuildOptions` with the site's settings filled in for flags not given.
 
-    Help comes from the options' field metadata (``help`` adds or overrides entries); a
-    UserError becomes one line on stderr and exit code 1.
+    Help comes from the options' field metadata, worded for this task where the declaration
+    says so (``task_help``, keyed by the body's name); ``help`` adds the body's own parameters.
+    A UserError becomes one line on stderr and exit code 1.
     """
     specs = option_fields(names)
 
@@ -149,7 +152,7 @@ def options_task(
             return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)
-        helps = {flag_name(f): _help(f) for f in specs} | (help or {})
+        helps = {flag_name(f): _help(f, body.__name__) for f in specs} | (help or {})
         iterable = [flag_name(f) for f in specs if f.metadata["repeatable"]]
         return task(wrapper, help=helps, iterable=iterable, auto_shortflags=False)
 
@@ -200,9 +203,6 @@ def verify_mex(
 @options_task(
     BUILT_IMAGE_OPTIONS,
     help={
-        "image": "push only this image and its parents (repeatable; default: every image "
-        "built for the profile)",
-        "namespace": "repository namespace on the registry (default: the one they were built in)",
         "registry": "registry host[:port] to push to (default Docker Hub, or the site's "
         "kilosort_docker.registry setting)",
         "dry_run": "print what would be pushed, and push nothing",
@@ -247,8 +247,10 @@ def profiles(c):
 )
 @user_errors
 def clean(c, profile: str | None = None, dry_run: bool = False):
-    """Remove the images this project built (found by their labels), tagged or untagged;
-    the test suite's namespaces (kilosort-docker-test*) are left to the suite."""
+    """Remove the images this project built, tagged or untagged (found by their labels).
+
+    The test suite's namespaces (kilosort-docker-test*) are left to the suite.
+    """
     ui.setup_logging()
     commands.clean(profile=profile, dry_run=dry_run)
 
@@ -350,7 +352,9 @@ def release(
     auto_shortflags=False,
     help={
         "image": "kilosort3 image to check (default: the local MATLAB instead of a container)",
-        "license": "MATLAB license: port@host or a license file (default $MLM_LICENSE_FILE)",
+        "license": "MATLAB license in any FlexLM form: port@host, @host, a triad, a "
+        "colon-separated list, a license file or a folder of .lic files (default "
+        "$MLM_LICENSE_FILE)",
         "mac_address": "MAC address for a host-locked license (docker run --mac-address)",
     },
 )
@@ -364,13 +368,7 @@ def check_gpu(
     ui.console.print("GPU check passed: gpuDevice and mexGPUExample work")
 
 
-@options_task(
-    BUILT_IMAGE_OPTIONS,
-    help={
-        "image": "check only this image and its parents (repeatable; default: every image "
-        "built for the profile)",
-    },
-)
+@options_task(BUILT_IMAGE_OPTIONS)
 def check_images(c, options: BuildOptions):
     """Check the built images from inside (user, toolboxes, commit, mex files, secrets, size)."""
     if not commands.check_images(
@@ -387,7 +385,6 @@ def check_images(c, options: BuildOptions):
         "$MLM_LICENSE_FILE); only its form goes into the report",
         "mac_address": "the licensed MAC address of a host-locked license (not recorded)",
         "image": "kilosort3 image to accept (default: the one `invoke build` made for --profile)",
-        "namespace": "repository namespace of the default image",
         "out": "report file to create (default benchmarks/acceptance/<profile>-<UTC date>-"
         "<gpu>.json); an existing file is never overwritten",
         "duration": "seconds of simulated recording in the ground-truth test (default "

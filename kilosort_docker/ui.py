@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -22,7 +23,21 @@ from kilosort_docker.images.profiles import PROFILES
 from kilosort_docker.images.push import Pushed
 from kilosort_docker.images.stack import STACK
 
-console = Console(stderr=False, highlight=False)
+#: The width of tables and plans written off a terminal (CI logs, files, pipes), where rich
+#: would otherwise assume 80 columns and cut references and digests to ``sha256:33b8…``.
+#: Tables take only the width their content needs; ``COLUMNS`` still wins where it is set.
+OFF_TERMINAL_WIDTH = 1000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): the terminal's width on a terminal, else
+    :data:`OFF_TERMINAL_WIDTH` (unless ``COLUMNS`` is set), so nothing is truncated in logs."""
+    probe = Console(stderr=stderr)
+    wide = not probe.is_terminal and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, width=OFF_TERMINAL_WIDTH if wide else None)
+
+
+console = make_console()
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -33,16 +33,20 @@ def _option(
     repeatable: bool = False,
     path: bool = False,
     cli: bool = True,
+    task_help: Mapping[str, str] | None = None,
 ) -> Any:
     """A dataclass field whose metadata carries its command-line help.
 
     ``flag`` is the task parameter's name where it differs from the field's (``python_base`` for
     ``python_base_image``); ``site`` lets invoke's configuration set it; ``repeatable`` makes it
     an invoke iterable flag; ``path`` makes it a :class:`~pathlib.Path`; ``cli=False`` keeps it
-    off the command line (tests, internal use).
+    off the command line (tests, internal use). ``task_help`` words the option for the tasks
+    where ``help`` would be wrong (``{"push": "push only this image ..."}``, keyed by the task
+    function's name).
     """
     metadata = {
         "help": help,
+        "task_help": dict(task_help or {}),
         "flag": flag,
         "site": site,
         "repeatable": repeatable,
@@ -70,8 +74,18 @@ class BuildOptions:
         "build only this image and its parents (repeatable; `invoke stack` lists them)",
         flag="image",
         repeatable=True,
+        task_help={
+            "push": "push only this image and its parents (repeatable; default: every image "
+            "built for the profile)",
+            "check_images": "check only this image and its parents (repeatable; default: every "
+            "image built for the profile)",
+        },
     )
-    no_cache: bool = _option(False, "build without Docker's layer cache")
+    no_cache: bool = _option(
+        False,
+        "build without Docker's layer cache",
+        task_help={"build_mex": "build the mex-build stage without Docker's layer cache"},
+    )
     cuda: str | None = _option(
         None, "CUDA toolkit version; must match the profile unless --allow-cuda-mismatch"
     )
@@ -99,7 +113,11 @@ class BuildOptions:
         site=True,
     )
     kilosort_commit: str | None = _option(
-        None, "build this Kilosort commit instead of the pinned one (testing a fix)"
+        None,
+        "build this Kilosort commit instead of the pinned one (testing a fix)",
+        task_help={
+            "build_mex": "compile this Kilosort commit's mex files instead of the pinned one's"
+        },
     )
     npy_matlab_repository: str | None = _option(
         None,
@@ -126,6 +144,9 @@ class BuildOptions:
         MEX_BINARIES_DIR,
         "folder of committed mex binaries (default mex-binaries/)",
         path=True,
+        task_help={
+            "build_mex": "keep the binaries in <folder>/<profile>/<commit>/ (default mex-binaries/)"
+        },
     )
     cuda_toolkit: Path | None = _option(
         None,
@@ -145,7 +166,16 @@ class BuildOptions:
         False, "compile mexMPnu8 with ENSURE_DETERM (deterministic, about 2x slower)"
     )
     namespace: str | None = _option(
-        None, "repository namespace (default from kilosort-docker.toml)", site=True
+        None,
+        "repository namespace (default from kilosort-docker.toml)",
+        site=True,
+        task_help={
+            "push": "repository namespace on the registry (default: the one they were built in)",
+            "check_images": "repository namespace the images were built in (default from "
+            "kilosort-docker.toml)",
+            "acceptance": "repository namespace of the default image (default from "
+            "kilosort-docker.toml)",
+        },
     )
     mex_spec: Path | None = _option(
         None,
@@ -266,9 +296,15 @@ def option_fields(names: Iterable[str] | None = None) -> list[dataclasses.Field]
     return [by_name[n] for n in names]
 
 
-def flag_help(names: Iterable[str] | None = None) -> dict[str, str]:
-    """``{task parameter: help}`` for the named option fields (all if None)."""
-    return {flag_name(f): f.metadata["help"] for f in option_fields(names)}
+def option_help(spec: dataclasses.Field, task: str | None = None) -> str:
+    """An option field's help as the task named ``task`` (its function's name) words it."""
+    return spec.metadata["task_help"].get(task or "", spec.metadata["help"])
+
+
+def flag_help(names: Iterable[str] | None = None, *, task: str | None = None) -> dict[str, str]:
+    """``{task parameter: help}`` for the named option fields (all if None), as ``task``
+    words them."""
+    return {flag_name(f): option_help(f, task) for f in option_fields(names)}
 
 
 def site_defaults() -> dict[str, None]:
