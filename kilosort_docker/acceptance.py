@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -318,21 +317,7 @@ def query_gpu(nvidia_smi: str = "nvidia-smi") -> Gpu | None:
     """The host's GPU from ``nvidia-smi --query-gpu=name,compute_cap,driver_version
     --format=csv,noheader`` (one line per GPU; NVIDIA's nvidia-smi documentation); the one
     with the highest compute capability. None when nvidia-smi is absent, fails or lists none."""
-    exe = shutil.which(nvidia_smi)
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
-    rows = [r for r in rows if len(r) == 3 and r[0]]
+    rows = matlab.nvidia_smi_query(["name", "compute_cap", "driver_version"], nvidia_smi)
     if not rows:
         return None
 

@@ -296,24 +296,31 @@ CUDA_CACHE_MAXSIZE = str(4 * 1024**3)
 _HANDBACK_MOUNT = "/kilosort-docker-handback"
 
 
-def gpu_compute_capability(nvidia_smi: str = "nvidia-smi") -> str | None:
-    """The highest compute capability (``"9.0"``) of this host's GPUs, read with
-    ``nvidia-smi --query-gpu=compute_cap --format=csv,noheader``; None when nvidia-smi is
-    absent, fails or prints nothing usable."""
+def nvidia_smi_query(fields: Sequence[str], nvidia_smi: str = "nvidia-smi") -> list[list[str]]:
+    """This host's GPUs, one row of ``fields`` each, from ``nvidia-smi --query-gpu=<fields>
+    --format=csv,noheader`` (NVIDIA's nvidia-smi documentation); rows that lack a field or
+    whose first field is empty are left out. Empty when nvidia-smi is absent or fails."""
     exe = shutil.which(nvidia_smi)
     if exe is None:
-        return None
+        return []
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            [exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    found = [c for c in (line.strip() for line in out.splitlines()) if _cc(c) is not None]
+        return []
+    rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
+    return [r for r in rows if len(r) == len(fields) and r[0]]
+
+
+def gpu_compute_capability(nvidia_smi: str = "nvidia-smi") -> str | None:
+    """The highest compute capability (``"9.0"``) of this host's GPUs (see
+    :func:`nvidia_smi_query`); None when nvidia-smi is absent, fails or prints nothing usable."""
+    found = [r[0] for r in nvidia_smi_query(["compute_cap"], nvidia_smi) if _cc(r[0]) is not None]
     return max(found, key=_cc) if found else None  # type: ignore[arg-type]
 
 
