@@ -241,3 +241,50 @@ def test_the_offline_route_builds_kilosort4_on_the_debian_python_base(
         python_base, ["python3", "-c", "import sys; print(sys.version_info[:2])"], remove=True
     )
     assert version.strip() == b"(3, 11)"
+
+
+@pytest.mark.docker
+def test_a_missing_matlab_base_skips_its_images_and_builds_kilosort4(
+    docker_client, python_base, kilosort4_image, wheelhouse, tmp_path: Path, monkeypatch
+) -> None:
+    """With the MATLAB base neither present nor pullable, ``invoke build`` still builds
+    kilosort4 (from the layer cache of the session's kilosort4 image), tags none of the
+    MATLAB images, records kilosort4 and fails naming what it skipped."""
+    from kilosort_docker import commands
+    from kilosort_docker.images import build as build_mod
+    from kilosort_docker.images.options import BuildOptions
+    from tests.support import leftovers
+
+    namespace = f"{support.NAMESPACE}-keepgoing"
+    missing = f"{support.NAMESPACE}/no-such-matlab:r2022b"
+    monkeypatch.setattr(paths, "BUILD_RECORD_DIR", tmp_path)
+    options = BuildOptions.from_flags(
+        base_image=missing,
+        python_base=python_base,
+        wheelhouse=str(wheelhouse) if wheelhouse else None,
+        ca_bundle=support.host_ca_bundle(),
+        namespace=namespace,
+    )
+    with leftovers.TRACKER.recording() as made:
+        try:
+            with pytest.raises(build_mod.SkippedImages) as caught:
+                commands.build(options=options)
+            message = str(caught.value)
+            assert "\n" not in message
+            assert message.startswith(
+                "built kilosort4 but skipped matlab-toolboxes, kilosort3-code, kilosort3: "
+                f"base image {missing} is not present and cannot be pulled"
+            ), message
+            assert "--base-image" in message
+            assert [b.step.spec.name for b in caught.value.built] == ["kilosort4"]
+            tags = sorted(
+                tag
+                for image in docker_client.images.list()
+                for tag in image.tags
+                if tag.startswith(f"{namespace}/")
+            )
+            assert tags and all(t.startswith(f"{namespace}/kilosort4:") for t in tags), tags
+            recorded = json.loads((tmp_path / "r2022b.json").read_text())
+            assert [i["name"] for i in recorded["images"]] == ["kilosort4"]
+        finally:
+            leftovers.remove(docker_client, made)
