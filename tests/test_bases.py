@@ -288,3 +288,48 @@ def test_a_missing_matlab_base_skips_its_images_and_builds_kilosort4(
             assert [i["name"] for i in recorded["images"]] == ["kilosort4"]
         finally:
             leftovers.remove(docker_client, made)
+
+
+def test_execute_skips_the_images_of_a_missing_base_and_builds_the_rest(monkeypatch) -> None:
+    """Planning only: the engine calls are replaced; the engine test below builds for real."""
+    import contextlib
+
+    from kilosort_docker import commands
+    from kilosort_docker.images import build as build_mod
+
+    plan = commands.make_plan(base_image="lab/matlab:none", namespace="lab")
+    assert [s.spec.name for s in plan.steps] == [
+        "matlab-toolboxes",
+        "kilosort3-code",
+        "kilosort3",
+        "kilosort4",
+    ]
+
+    def ensure_base(client, ref, *, hint):
+        if ref == "lab/matlab:none":
+            raise UserError(f"base image {ref} is missing: use {hint}")
+
+    built: list[str] = []
+    monkeypatch.setattr(build_mod.engine, "ensure_base", ensure_base)
+    monkeypatch.setattr(
+        build_mod, "staged_context", lambda step, plan: contextlib.nullcontext((None, {}))
+    )
+    monkeypatch.setattr(
+        build_mod, "_run_build", lambda c, step, *a, **k: built.append(step.spec.name) or "id"
+    )
+    monkeypatch.setattr(build_mod, "tag_all", lambda client, image_id, refs: None)
+    client = type("C", (), {"images": _Images({"id": "sha256:1"})})()
+    client.images.get = lambda ref: type("I", (), {"id": "sha256:1", "attrs": {}})()
+    with pytest.raises(build_mod.SkippedImages) as caught:
+        build_mod.execute(plan, client)
+    assert built == ["kilosort4"]
+    assert caught.value.skipped == ["matlab-toolboxes", "kilosort3-code", "kilosort3"]
+    assert str(caught.value) == (
+        "built kilosort4 but skipped matlab-toolboxes, kilosort3-code, kilosort3: "
+        "base image lab/matlab:none is missing: use --base-image"
+    )
+    # Every root's base missing: nothing can be built, the base's own error as before.
+    only_matlab = commands.make_plan(base_image="lab/matlab:none", image=["kilosort3"])
+    with pytest.raises(UserError, match="^base image lab/matlab:none is missing") as caught:
+        build_mod.execute(only_matlab, client)
+    assert not isinstance(caught.value, build_mod.SkippedImages)
