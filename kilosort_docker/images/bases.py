@@ -281,6 +281,7 @@ def make_bases(
     or the build fails (no tag is left half-made).
     """
     started = time.monotonic()
+    replaced = [_image_id(client, ref) for ref in (plan.python_ref, plan.debian_ref)]
     debian_id, built_debian = ensure_debian(plan, client, on_line=on_line, on_stage=on_stage)
     have_python = engine.image_exists(client, plan.python_ref)
     built_python = built_debian or plan.force or not have_python
@@ -290,10 +291,31 @@ def make_bases(
     else:
         on_stage(f"reusing {plan.python_ref} (--force rebuilds it)")
         python_id = client.images.get(plan.python_ref).id
+    for old_id in replaced:
+        if old_id not in (None, debian_id, python_id):
+            _remove_if_untagged(client, old_id)
     where = save_record(plan) if record else None
     return BasesResult(
         plan, debian_id, python_id, built_debian, built_python, time.monotonic() - started, where
     )
+
+
+def _image_id(client: docker.DockerClient, ref: str) -> str | None:
+    return client.images.get(ref).id if engine.image_exists(client, ref) else None
+
+
+def _remove_if_untagged(client: docker.DockerClient, image_id: str) -> None:
+    """Remove an image ``--force`` replaced, unless a tag, an image or a container still uses
+    it, so a rebuild leaves no dangling image behind."""
+    try:
+        if client.api.inspect_image(image_id).get("RepoTags"):
+            return
+        client.api.remove_image(image_id)
+        log.info("removed the replaced image %s", image_id[:19])
+    except docker.errors.ImageNotFound:
+        pass  # pruned with the image built on it
+    except docker.errors.DockerException as exc:
+        log.info("kept the replaced image %s (%s)", image_id[:19], exc)
 
 
 def record_path(folder: Path | None = None) -> Path:
