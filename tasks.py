@@ -17,6 +17,7 @@ from invoke import Collection, Exit, task
 from kilosort_docker import acceptance as acceptance_mod
 from kilosort_docker import commands, ui
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import bases as bases_mod
 from kilosort_docker.images.options import (
     CONFIG_SECTION,
     BuildOptions,
@@ -149,6 +150,8 @@ def options_task(
             for f in specs:
                 if f.metadata["site"] and flags[flag_name(f)] is None:
                     flags[flag_name(f)] = site.get(flag_name(f))
+            if "python_base" in flags and flags["python_base"] is None:
+                flags["python_base"] = bases_mod.recorded_python_base()  # `invoke bases`
             return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)
@@ -222,6 +225,40 @@ def push(
         profile=options.profile,
         images=list(options.images) or None,
         namespace=options.namespace,
+        dry_run=dry_run,
+    )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "mirror": "Debian mirror URL debootstrap and apt read (default "
+        f"{bases_mod.DEFAULT_MIRROR}; an air-gapped site's local mirror, http(s):// or file:///)",
+        "suite": f"Debian suite (default {bases_mod.DEFAULT_SUITE}; one of "
+        f"{', '.join(bases_mod.SUITE_PYTHON)})",
+        "namespace": "repository namespace of the images made (default from kilosort-docker.toml)",
+        "force": "rebuild the images even if they exist (default: reuse them)",
+        "dry_run": "print what would be made, and make nothing",
+    }
+    | VERBOSE,
+)
+@user_errors
+def bases(
+    c,
+    mirror: str | None = None,
+    suite: str | None = None,
+    namespace: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    verbose: bool = False,
+):
+    """Make kilosort4's Python base from Debian with debootstrap (root; no registry needed)."""
+    ui.setup_logging(verbose)
+    commands.bases(
+        mirror=mirror,
+        suite=suite,
+        namespace=site_setting(c, "namespace", namespace),
+        force=force,
         dry_run=dry_run,
     )
 
@@ -435,6 +472,7 @@ def acceptance(
 
 ns = Collection(
     build,
+    bases,
     build_mex,
     verify_mex,
     push,

@@ -13,6 +13,7 @@ import docker.errors
 from kilosort_docker import engine, mex, ui
 from kilosort_docker.atomic import replace_folder
 from kilosort_docker.errors import UserError
+from kilosort_docker.images import bases as bases_mod
 from kilosort_docker.images import build as build_mod
 from kilosort_docker.images import mexstage, plan, references
 from kilosort_docker.images import push as push_mod
@@ -73,8 +74,14 @@ def build(
         ui.console.print(plan.describe(the_plan), markup=False, highlight=False, soft_wrap=True)
         return []
     client = engine.connect(timeout=3600)
+    skipped: build_mod.SkippedImages | None = None
     with ui.progress_bar() as progress:
-        built = build_mod.execute(the_plan, client, events=ui.ProgressEvents(progress, the_plan))
+        try:
+            built = build_mod.execute(
+                the_plan, client, events=ui.ProgressEvents(progress, the_plan)
+            )
+        except build_mod.SkippedImages as exc:  # a missing base: the others were built
+            skipped, built = exc, exc.built
     ui.console.print(ui.built_table(built))
     where = record_mod.save(
         record_mod.from_build(
@@ -82,7 +89,62 @@ def build(
         )
     )
     ui.console.print(f"build record: {where}", markup=False)
+    if skipped is not None:
+        raise skipped
     return built
+
+
+def bases(
+    *,
+    mirror: str | None = None,
+    suite: str | None = None,
+    namespace: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> bases_mod.BasesResult | None:
+    """Make the Python base of ``kilosort4`` from Debian (debootstrap, no registry), record
+    it for ``invoke build``, and print a summary; with ``dry_run`` print the plan only (the
+    engine is asked which images exist if it is reachable; nothing is changed)."""
+    the_plan = bases_mod.plan_bases(mirror=mirror, suite=suite, namespace=namespace, force=force)
+    if dry_run:
+        have = None
+        try:
+            client = engine.connect(timeout=30)
+        except UserError:
+            client = None
+        if client is not None:
+            have = {
+                ref: engine.image_exists(client, ref)
+                for ref in (the_plan.debian_ref, the_plan.python_ref)
+            }
+        ui.console.print(bases_mod.describe(the_plan, have=have), markup=False, soft_wrap=True)
+        return None
+    client = engine.connect(timeout=3600)
+    with ui.console.status("starting") as status:
+
+        def on_stage(text: str) -> None:
+            ui.console.print(f"bases: {text}", markup=False, highlight=False)
+            status.update(text)
+
+        def on_line(line: str) -> None:
+            log.debug("%s", line)
+            status.update(line[:100])
+
+        result = bases_mod.make_bases(the_plan, client, on_line=on_line, on_stage=on_stage)
+    for ref, image_id, made in (
+        (the_plan.debian_ref, result.debian_id, result.built_debian),
+        (the_plan.python_ref, result.python_id, result.built_python),
+    ):
+        verb = "built" if made else "reused"
+        ui.console.print(f"{verb} {ref} {image_id}", markup=False, highlight=False)
+    ui.console.print(
+        f"recorded {the_plan.python_ref} in {result.record} ({result.seconds:.0f} s): "
+        "`invoke build --image kilosort4` now builds on it",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return result
 
 
 def release_record(

@@ -43,12 +43,15 @@ NOT_RUN_PREFIX = {
     "sudo chown": "hands back files a container wrote as uid 1000 (root, after a docker run)",
     "git add": "stages a report or mex binaries made on a licensed GPU machine",
     "git commit": "commits to this repository",
+    "python -m kilosort_docker.groundtruth": "sorts in the kilosort4 image on the Docker engine "
+    "(tests/test_groundtruth_container.py runs that route)",
 }
 
 DRY_RUN, AS_SHOWN, HELP = "dry run", "as shown", "help"
 #: How each invoke task runs here, and for --help why its dry run cannot.
 TASKS = {
     "build": (DRY_RUN, ""),
+    "bases": (DRY_RUN, ""),
     "build-mex": (DRY_RUN, ""),
     "push": (DRY_RUN, ""),
     "acceptance": (DRY_RUN, ""),

@@ -192,11 +192,35 @@ def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None
         ) from None
 
 
-def preflight(client: docker.DockerClient, plan: BuildPlan) -> None:
-    """Check each root image's base is present (pulling it if needed) before building."""
-    for step in plan.steps:
-        if step.spec.parent is None:
+class SkippedImages(UserError):
+    """Some images were not built because their base image is missing; the others were.
+
+    ``built`` holds the images that were built (tagged), ``skipped`` the names left out."""
+
+    def __init__(self, message: str, *, built: list[BuiltImage], skipped: list[str]) -> None:
+        super().__init__(message)
+        self.built = built
+        self.skipped = skipped
+
+
+def preflight(client: docker.DockerClient, plan: BuildPlan) -> dict[str, str]:
+    """Check each root image's base is present (pulling it if needed) before building.
+
+    Returns ``{root image name: why its base is missing}`` for the roots whose base can be
+    neither found nor pulled; raises that UserError itself when no root has its base (nothing
+    could be built)."""
+    missing: dict[str, str] = {}
+    first: UserError | None = None
+    roots = [step for step in plan.steps if step.spec.parent is None]
+    for step in roots:
+        try:
             engine.ensure_base(client, step.base_image, hint=step.spec.base.flag)
+        except UserError as exc:
+            missing[step.spec.name] = str(exc)
+            first = first or exc
+    if first is not None and len(missing) == len(roots):
+        raise first
+    return missing
 
 
 def execute(
@@ -207,13 +231,20 @@ def execute(
 ) -> list[BuiltImage]:
     """Build every step of ``plan`` in order, tagging each image once it is complete.
 
-    Raises UserError on the first failure; images already built keep their tags, the failed
-    one gets none.
+    An image whose base (or whose parent's base) is missing is skipped and the others are
+    built; then :class:`SkippedImages` names what was skipped and why. Raises UserError on the
+    first build failure; images already built keep their tags, the failed one gets none.
     """
     events = events or BuildEvents()
-    preflight(client, plan)
+    missing = preflight(client, plan)
     results: list[BuiltImage] = []
+    skipped: dict[str, str] = {}
     for index, step in enumerate(plan.steps):
+        name, parent = step.spec.name, step.spec.parent
+        if name in missing or parent in skipped:
+            skipped[name] = missing.get(name) or skipped[parent]
+            log.warning("skipping %s: %s", name, skipped[name])
+            continue
         events.on_start(step, index)
         started = time.monotonic()
         with staged_context(step, plan) as (context, buildargs):
@@ -231,6 +262,14 @@ def execute(
         log.info("built %s as %s in %.0f s", step.refs[0], image.id[:19], built.seconds)
         events.on_done(built)
         results.append(built)
+    if skipped:
+        reasons = "; ".join(dict.fromkeys(skipped.values()))
+        done = ", ".join(b.step.spec.name for b in results) or "nothing"
+        raise SkippedImages(
+            f"built {done} but skipped {', '.join(skipped)}: {reasons}",
+            built=results,
+            skipped=list(skipped),
+        )
     return results
 
 

@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
-from .paths import TESTS
+from kilosort_docker.images import bases
 
 NAMESPACE = "kilosort-docker-test"
-DEBIAN_IMAGE = f"{NAMESPACE}/debian:bookworm"
-PYTHON_IMAGE = f"{NAMESPACE}/python-base:bookworm"
+#: What ``invoke bases --namespace kilosort-docker-test`` makes: the tests' Debian and Python
+#: base images come from the product's offline route (:mod:`kilosort_docker.images.bases`).
+BASES = bases.plan_bases(namespace=NAMESPACE)
+DEBIAN_IMAGE = BASES.debian_ref  # kilosort-docker-test/debian:bookworm
+PYTHON_IMAGE = BASES.python_ref  # kilosort-docker-test/python-base:3.11-bookworm
 MATLAB_STANDIN_IMAGE = f"{NAMESPACE}/matlab-standin:r2022b"
 
 
-def debootstrap_image(client, ref: str = DEBIAN_IMAGE) -> str:
-    """A Debian bookworm base image made with debootstrap and ``docker import`` (no registry)."""
-    with contextlib.suppress(Exception):
-        client.images.get(ref)
-        return ref
-    with tempfile.TemporaryDirectory(prefix="kilosort-docker-debootstrap-") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            ["docker", "import", "-", ref], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL
-        )
-        tar.wait()
-    return ref
+def debootstrap_image(client) -> str:
+    """The Debian bookworm image ``invoke bases`` makes with debootstrap and an import (no
+    registry), made once and then reused."""
+    bases.ensure_debian(BASES, client)
+    return DEBIAN_IMAGE
+
+
+def build_python_base(client, debian_base: str = DEBIAN_IMAGE) -> str:
+    """The Python base image ``invoke bases`` makes (``docker/python-base``) on the Debian
+    image, made once and then reused; nothing is recorded for ``invoke build``."""
+    assert debian_base == DEBIAN_IMAGE, "the Python base is made on the bases' own Debian image"
+    bases.make_bases(BASES, client, record=False)
+    return PYTHON_IMAGE
 
 
 def build_dockerfile(client, folder: Path, ref: str, *, buildargs: dict[str, str]) -> str:
@@ -49,16 +44,6 @@ def build_dockerfile(client, folder: Path, ref: str, *, buildargs: dict[str, str
         if "error" in event:
             raise RuntimeError(f"building {ref} failed: {event['error']}\n{''.join(lines)}")
     return ref
-
-
-def build_python_base(client, debian_base: str) -> str:
-    """The test Python base image (``tests/images/python-base``) on ``debian_base``."""
-    return build_dockerfile(
-        client,
-        TESTS / "images" / "python-base",
-        PYTHON_IMAGE,
-        buildargs={"BASE_IMAGE": debian_base},
-    )
 
 
 def tar_bytes(files: dict[str, bytes]) -> bytes:
