@@ -437,7 +437,7 @@ def acceptance(
     mac_address: str | None = None,
     image: str | None = None,
     out: str | None = None,
-    duration: float = acceptance_mod.DEFAULT_DURATION_S,
+    duration: str = f"{acceptance_mod.DEFAULT_DURATION_S:g}",
     dry_run: bool = False,
     verbose: bool = False,
 ):
@@ -454,7 +454,7 @@ def acceptance(
         namespace=options.namespace,
         mac_address=mac_address,
         out=out,
-        duration_s=float(duration),
+        duration_s=duration,
     )
     if dry_run:
         ui.console.print(plan.describe(), markup=False, highlight=False, soft_wrap=True)

@@ -353,7 +353,7 @@ def make_plan(
     namespace: str | None = None,
     mac_address: str | None = None,
     out: str | os.PathLike | None = None,
-    duration_s: float = DEFAULT_DURATION_S,
+    duration_s: float | str = DEFAULT_DURATION_S,
     gpu: Gpu | None = None,
 ) -> Plan:
     """Check the inputs and decide what to run, before any work (no container starts).
@@ -366,7 +366,7 @@ def make_plan(
         namespace: repository namespace of the default image.
         mac_address: the licensed MAC address of a host-locked license.
         out: the report file; default :func:`default_report_path`.
-        duration_s: simulated recording length in seconds (> 0).
+        duration_s: simulated recording length in seconds (> 0, finite), or its text.
         gpu: the host's GPU; default :func:`query_gpu`.
 
     Raises:
@@ -381,8 +381,13 @@ def make_plan(
 
     chosen = get_profile(profile).name
     lic = matlab.resolve_license(license)
-    if not duration_s > 0:
-        raise UserError(f"--duration must be a positive number of seconds, not {duration_s:g}")
+    try:  # the task passes the flag's text through: a bad value is this one line
+        seconds = float(duration_s)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (seconds > 0 and seconds != float("inf")):
+        raise UserError(f"--duration must be a positive number of seconds, not {duration_s!r}")
+    duration_s = seconds
     if image is None:
         _, built = commands.built_plan(profile=chosen, images=["kilosort3"], namespace=namespace)
         image = built[-1][0].refs[0]

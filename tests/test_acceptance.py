@@ -286,6 +286,16 @@ def test_dry_run_prints_the_steps_and_runs_nothing(tmp_path):
     assert "never overwritten" in done.stderr and existing.read_text() == "{}"
 
 
+@pytest.mark.parametrize("duration", ["abc", "0", "-8", "nan", "inf"])
+def test_dry_run_refuses_a_duration_that_is_not_a_positive_number(tmp_path, duration):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": os.environ["PATH"]}
+    done = _invoke("--dry-run", "--license", "27000@h", "--duration", duration, env=env)
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"error: --duration must be a positive number of seconds, not {duration!r}"
+    ]
+
+
 @pytest.mark.parametrize("image", ["MyLab/Kilosort3:latest", "lab/ks3:bad tag", "lab//ks3"])
 def test_dry_run_refuses_an_image_reference_docker_would_refuse(tmp_path, image):
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": os.environ["PATH"]}
