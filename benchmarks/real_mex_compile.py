@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kilosort_docker import commands, containers, engine, mex
+from kilosort_docker import containers, engine, mex
 from kilosort_docker.images import build, mexstage, sources
 from tests import support
 
@@ -73,20 +73,6 @@ def _mirrors() -> dict[str, Path]:
     if absent:
         raise SystemExit(f"the upstream mirrors are absent ({', '.join(absent)})")
     return found
-
-
-def _plan(mirrors: dict[str, Path], toolkit: Path, **flags):
-    return commands.make_plan(
-        images=["kilosort3"],
-        kilosort_repo=str(mirrors["Kilosort"]),
-        npy_matlab_repo=str(mirrors["npy-matlab"]),
-        cuda=support.DEBIAN_CUDA_VERSION,
-        allow_cuda_mismatch=True,
-        cuda_toolkit=str(toolkit),
-        host_compiler=support.DEBIAN_CUDA_HOST_COMPILER,
-        namespace=NAMESPACE,
-        **flags,
-    )
 
 
 def time_compiles(
@@ -245,9 +231,10 @@ def main() -> int:
                 tmp / "matlab-cudart",
                 ref=f"{NAMESPACE}/matlab-standin-cudart:r2022b",
             )
-            plan = _plan(
+            plan = support.real_kilosort3_plan(
                 mirrors,
                 toolkit,
+                namespace=NAMESPACE,
                 base_image=standin,
                 mpm_url=f"{mpm}/mpm",
                 mex_binaries=str(tmp / "no-committed-binaries"),

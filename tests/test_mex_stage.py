@@ -29,11 +29,7 @@ GENCODE = (
 NAMESPACE = f"{support.NAMESPACE}-compile"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _removes_what_it_builds():
-    """Every image, tag and container this module makes is removed after it."""
-    with leftovers.removing(namespace=NAMESPACE):
-        yield
+_removes_what_it_builds = leftovers.removing_after_module(NAMESPACE)
 
 
 @pytest.fixture(scope="module")

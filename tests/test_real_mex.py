@@ -35,12 +35,7 @@ pytestmark = pytest.mark.docker
 NAMESPACE = f"{support.NAMESPACE}-realmex"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _removes_what_it_builds():
-    """Every image this module's builds make, multi-stage build stages included, is removed
-    after it (tests/support/leftovers.py)."""
-    with leftovers.removing(namespace=NAMESPACE):
-        yield
+_removes_what_it_builds = leftovers.removing_after_module(NAMESPACE)
 
 
 #: MATLAB R2022b's mexcuda targets (its `mexcuda -v` output): SASS for these, PTX compute_80.
@@ -80,20 +75,15 @@ def real_kilosort3(
     tmp_path_factory,
 ):
     """kilosort3 built from the mirrors with the real sources compiled for R2022b's targets;
-    its mex files and manifest copied out of the image. The tags are removed afterwards (the
-    layers stay as build cache, as for the other test images)."""
-    the_plan = commands.make_plan(
-        images=["kilosort3"],
+    its mex files and manifest copied out of the image. The tags are removed afterwards, and
+    the images they leave untagged with them (see ``_removes_what_it_builds``)."""
+    the_plan = support.real_kilosort3_plan(
+        shared_mirrors,
+        cuda118,
+        namespace=NAMESPACE,
         base_image=matlab_with_cudart,
         mpm_url=f"{mpm_server}/mpm",
-        kilosort_repo=str(shared_mirrors["Kilosort"]),
-        npy_matlab_repo=str(shared_mirrors["npy-matlab"]),
-        cuda=support.DEBIAN_CUDA_VERSION,
-        allow_cuda_mismatch=True,
-        cuda_toolkit=str(cuda118),
-        host_compiler=support.DEBIAN_CUDA_HOST_COMPILER,
         mex_binaries=str(tmp_path_factory.mktemp("no-committed-binaries")),
-        namespace=NAMESPACE,
     )
     events = build.BuildEvents()
     try:

@@ -22,11 +22,7 @@ KILOSORT_302_BUILT = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _removes_what_it_builds():
-    """Every image, tag and container this module makes is removed after it."""
-    with leftovers.removing(namespace=f"{support.NAMESPACE}-mirrors"):
-        yield
+_removes_what_it_builds = leftovers.removing_after_module(f"{support.NAMESPACE}-mirrors")
 
 
 def test_mirrors_give_the_pinned_commits(shared_mirrors, git_cache, tmp_path):

@@ -32,12 +32,7 @@ from tests.support import leftovers
 NAMESPACE = f"{support.NAMESPACE}-reproducible"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _removes_what_it_builds():
-    """Every image this module's builds make, multi-stage build stages included, is removed
-    after it (tests/support/leftovers.py)."""
-    with leftovers.removing(namespace=NAMESPACE):
-        yield
+_removes_what_it_builds = leftovers.removing_after_module(NAMESPACE)
 
 
 CREATED = "org.opencontainers.image.created"

@@ -17,11 +17,7 @@ from tests.support import leftovers
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _removes_what_it_builds():
-    """Every image, tag and container this module makes is removed after it."""
-    with leftovers.removing(namespace=f"{support.NAMESPACE}-secrets"):
-        yield
+_removes_what_it_builds = leftovers.removing_after_module(f"{support.NAMESPACE}-secrets")
 
 
 FAKE_PASSWORD = "fake-registry-password-7d1e5b"

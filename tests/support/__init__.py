@@ -61,6 +61,7 @@ from .toolkits import (
     MATLAB_STANDIN_CUDART_IMAGE,
     build_debian_cuda_image,
     debian_cuda_toolkit,
+    real_kilosort3_plan,
     standin_with_cudart,
 )
 
@@ -113,6 +114,7 @@ __all__ = [
     "registry",
     "serve_fake_api",
     "standin_chain_plan",
+    "real_kilosort3_plan",
     "standin_with_cudart",
     "tar_bytes",
     "write_standin_mex",

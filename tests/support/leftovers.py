@@ -293,6 +293,20 @@ def removing(client=None, *, namespace: str | None = None) -> Iterator[Made]:
                 log.warning("could not remove: %s", "; ".join(failed))
 
 
+def removing_after_module(namespace: str):
+    """An autouse, module-scoped fixture that wraps the whole module in
+    ``removing(namespace=namespace)``: every image its builds make (multi-stage build stages
+    included), tag and container is removed after it. Bind it to a module-level name:
+    ``_removes_what_it_builds = leftovers.removing_after_module(NAMESPACE)``."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _removes_what_it_builds():
+        with removing(namespace=namespace):
+            yield
+
+    return _removes_what_it_builds
+
+
 # -- the engine's state ---------------------------------------------------------------------
 
 

@@ -103,3 +103,23 @@ def standin_with_cudart(
         ref,
         buildargs={"BASE_IMAGE": matlab_base, "MATLAB_RELEASE": "R2022b"},
     )
+
+
+def real_kilosort3_plan(mirrors, toolkit: Path, *, namespace: str, **flags):
+    """The kilosort3 build plan that compiles Kilosort's real sources (``mirrors``: the
+    shared mirrors' ``Kilosort`` and ``npy-matlab`` repositories) for R2022b's gencode list
+    with Debian's CUDA 11.8 ``toolkit`` folder and its host compiler; ``flags`` add or
+    override build options (base image, MPM URL, mex-binaries folder...)."""
+    from kilosort_docker import commands
+
+    return commands.make_plan(
+        images=["kilosort3"],
+        kilosort_repo=str(mirrors["Kilosort"]),
+        npy_matlab_repo=str(mirrors["npy-matlab"]),
+        cuda=DEBIAN_CUDA_VERSION,
+        allow_cuda_mismatch=True,
+        cuda_toolkit=str(toolkit),
+        host_compiler=DEBIAN_CUDA_HOST_COMPILER,
+        namespace=namespace,
+        **flags,
+    )
