@@ -9,7 +9,14 @@ from pathlib import Path
 
 from kilosort_docker.images import bases
 
-NAMESPACE = "kilosort-docker-test"
+#: The test images' namespace. ``KILOSORT_DOCKER_TEST_NAMESPACE`` (``kilosort-docker-test-*``)
+#: gives a run its own, so that two runs on one engine do not remove each other's images.
+NAMESPACE = os.environ.get("KILOSORT_DOCKER_TEST_NAMESPACE", "kilosort-docker-test")
+if not NAMESPACE.startswith("kilosort-docker-test"):
+    raise RuntimeError(
+        f"KILOSORT_DOCKER_TEST_NAMESPACE={NAMESPACE!r} must start with kilosort-docker-test "
+        "(the prefix the leftovers check and `invoke clean` know as the tests')"
+    )
 #: What ``invoke bases --namespace kilosort-docker-test`` makes: the tests' Debian and Python
 #: base images come from the product's offline route (:mod:`kilosort_docker.images.bases`).
 BASES = bases.plan_bases(namespace=NAMESPACE)
