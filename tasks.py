@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 
 from invoke import Collection, Exit, task
@@ -116,6 +117,23 @@ def _shown_default(spec) -> bool:
     return plain and not spec.metadata["site"] and not spec.metadata["repeatable"]
 
 
+def check_values_given(argv: list[str], names: Iterable[str]) -> None:
+    """Raise UserError for a repeatable flag given with no value (``--image --dry-run``):
+    invoke hands the task an empty list, which would mean "all" (the whole stack)."""
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        for i, token in enumerate(argv):
+            if token == flag and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+                raise UserError(
+                    f"{flag} needs a value, e.g. {flag} {REPEATABLE_EXAMPLES.get(name, 'VALUE')}"
+                    f" (repeat {flag} for more)"
+                )
+
+
+#: Examples for :func:`check_values_given`'s message.
+REPEATABLE_EXAMPLES = {"image": "kilosort4", "gencode": "compute_90,sm_90"}
+
+
 def options_task(
     names: Iterable[str] | None = None, *, help: dict[str, str] | None = None
 ) -> Callable:
@@ -145,6 +163,7 @@ def options_task(
         @user_errors
         def wrapper(c, **kwargs):
             flags = {flag_name(f): kwargs.pop(flag_name(f), None) for f in specs}
+            check_values_given(sys.argv, [flag_name(f) for f in specs if f.metadata["repeatable"]])
             ui.setup_logging(kwargs.get("verbose", False))
             site = site_settings(c)
             for f in specs:

@@ -1,0 +1,78 @@
+"""Build options a dry run used to accept: each is refused in one line before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kilosort_docker.errors import UserError
+from kilosort_docker.images.options import BuildOptions, is_remote
+
+INVOKE = Path(sys.executable).with_name("invoke")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ca_bundle_without_a_certificate_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "proxy.crt"
+    bundle.write_bytes(b"\x30\x82\x03\x0a binary DER, not PEM")
+    with pytest.raises(UserError, match="holds no PEM certificate.*openssl x509"):
+        BuildOptions.from_flags(ca_bundle=str(bundle))
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert BuildOptions.from_flags(ca_bundle=str(bundle)).ca_bundle == bundle
+
+
+@pytest.mark.parametrize("flag", ["kilosort_repo", "npy_matlab_repo"])
+def test_a_repository_folder_that_does_not_exist_is_refused(tmp_path: Path, flag: str) -> None:
+    missing = tmp_path / "no-such-mirror.git"
+    dashed = "--" + flag.replace("_", "-")
+    with pytest.raises(UserError, match=f"{dashed} {missing}: no such folder"):
+        BuildOptions.from_flags(**{flag: str(missing)})
+    missing.mkdir()
+    assert BuildOptions.from_flags(**{flag: str(missing)})
+
+
+@pytest.mark.parametrize(
+    ("repository", "remote"),
+    [
+        ("https://github.com/MouseLand/Kilosort.git", True),
+        ("ssh://git@example.org/lab/Kilosort.git", True),
+        ("git@github.com:MouseLand/Kilosort.git", True),
+        ("file:///srv/mirrors/Kilosort.git", True),
+        ("/srv/mirrors/Kilosort.git", False),
+        ("../shared/mirrors/Kilosort.git", False),
+        ("C:/mirrors/Kilosort.git", False),
+    ],
+)
+def test_is_remote_tells_urls_from_folders(repository: str, remote: bool) -> None:
+    assert is_remote(repository) is remote
+
+
+@pytest.mark.parametrize("url", ["ftp://mirror.example.org/mpm", "file:///srv/mpm", "/srv/mpm"])
+def test_mpm_url_that_docker_add_cannot_fetch_is_refused(url: str) -> None:
+    with pytest.raises(UserError, match="only http:// and https://"):
+        BuildOptions.from_flags(mpm_url=url)
+
+
+def test_mpm_url_over_http_is_accepted() -> None:
+    assert BuildOptions.from_flags(mpm_url="http://127.0.0.1:8000/mpm").mpm_url
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build", "--image", "--dry-run"], "--image needs a value, e.g. --image kilosort4"),
+        (["build", "--dry-run", "--gencode"], "--gencode needs a value"),
+        (["check-images", "--image"], "--image needs a value"),
+    ],
+)
+def test_a_repeatable_flag_without_a_value_is_refused(argv: list[str], message: str) -> None:
+    """Invoke gives an empty list for `--image` with no value, which would build the whole
+    stack: the task refuses it instead, before any work."""
+    result = subprocess.run([str(INVOKE), *argv], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+    assert "build nothing" not in result.stdout and "tag " not in result.stdout
