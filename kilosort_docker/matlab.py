@@ -224,6 +224,7 @@ def resolve_license(value: str | None = None) -> License:
         UserError: neither is set; the value is no form FlexLM accepts; a file or a folder's
             ``.lic`` file cannot be read; a folder holds no ``.lic`` file.
     """
+    source = "--license" if value else "MLM_LICENSE_FILE"
     value = value or os.environ.get("MLM_LICENSE_FILE") or ""
     value = value.strip()
     if not value:
@@ -246,8 +247,8 @@ def resolve_license(value: str | None = None) -> License:
     if "@" in value or ":" in value or "," in value:
         raise UserError(_BAD_FORM)
     raise UserError(
-        "the license file MLM_LICENSE_FILE names does not exist: give an existing license "
-        "file, a folder of .lic files, or a server as port@host"
+        f"the license file {source} names ({path.name}) does not exist: give an existing "
+        "license file, a folder of .lic files, or a server as port@host"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,37 @@ def test_a_repeatable_flag_without_a_value_is_refused(argv: list[str], message: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert "build nothing" not in result.stdout and "tag " not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build", "--cuda", "abc", "--dry-run"], "--cuda 'abc' is not a CUDA version"),
+        (["verify-mex", "--compute-capability", "abc"], "bad compute capability 'abc'"),
+        (["check-gpu", "--license", "no-such.lic"], "license file --license names (no-such"),
+    ],
+)
+def test_malformed_values_are_named_before_anything_else(argv: list[str], message: str) -> None:
+    """The value is judged first: not a CUDA mismatch, missing mex binaries or an environment
+    variable the user did not set."""
+    env = {k: v for k, v in os.environ.items() if k != "MLM_LICENSE_FILE"}
+    result = subprocess.run([str(INVOKE), *argv], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.docker
+def test_push_dry_run_refuses_images_that_were_not_built(docker_client) -> None:
+    namespace = "kilosort-docker-test-never-built"
+    result = subprocess.run(
+        [str(INVOKE), "push", "--registry", "127.0.0.1:9", "--namespace", namespace, "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: not built here: "), result.stderr
+    assert f"{namespace}/matlab-toolboxes:" in lines[0] and "more: run `invoke build`" in lines[0]
+    assert "would push" not in result.stdout

@@ -53,7 +53,7 @@ TASKS = {
     "build": (DRY_RUN, ""),
     "bases": (DRY_RUN, ""),
     "build-mex": (DRY_RUN, ""),
-    "push": (DRY_RUN, ""),
+    "push": (HELP, "its dry run checks that the images to push exist on the Docker engine"),
     "acceptance": (DRY_RUN, ""),
     "bump": (DRY_RUN, ""),
     "release": (DRY_RUN, ""),

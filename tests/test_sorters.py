@@ -96,8 +96,11 @@ def test_license_forms(monkeypatch, tmp_path):
     assert resolve_license(str(lic)).kind == "file"
     monkeypatch.setenv("MLM_LICENSE_FILE", "1234@host")
     assert resolve_license().server == ("host", 1234)
-    with pytest.raises(UserError, match="license file MLM_LICENSE_FILE names does not exist"):
+    with pytest.raises(UserError, match=r"license file --license names \(missing.lic\) does not"):
         resolve_license(str(tmp_path / "missing.lic"))
+    monkeypatch.setenv("MLM_LICENSE_FILE", str(tmp_path / "gone.lic"))
+    with pytest.raises(UserError, match=r"license file MLM_LICENSE_FILE names \(gone.lic\) does"):
+        resolve_license()
 
 
 def test_license_never_in_repr():
