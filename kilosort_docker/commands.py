@@ -164,6 +164,12 @@ def release_record(
             f"the build record is of release {recorded.release} but VERSION says {release}: "
             "run `invoke build` again"
         )
+    missing = [spec.name for spec in STACK.images if recorded.image(spec.name) is None]
+    if missing:
+        raise UserError(
+            f"the build record of {name} lacks {', '.join(missing)}: a release pushes the whole "
+            "stack; run `invoke build` (without --image) first"
+        )
     return recorded
 
 

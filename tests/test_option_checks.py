@@ -111,3 +111,17 @@ def test_push_dry_run_refuses_images_that_were_not_built(docker_client) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: not built here: "), result.stderr
     assert f"{namespace}/matlab-toolboxes:" in lines[0] and "more: run `invoke build`" in lines[0]
     assert "would push" not in result.stdout
+
+
+def test_release_push_refuses_a_partial_stack(tmp_path: Path, monkeypatch) -> None:
+    """A record of kilosort4 alone (the MATLAB base could not be pulled) is no release."""
+    from kilosort_docker import commands, paths
+    from kilosort_docker.images import record
+    from kilosort_docker.images.pins import load_pins
+
+    monkeypatch.setattr(paths, "BUILD_RECORD_DIR", tmp_path)
+    only = record.RecordedImage("kilosort4", ("lab/kilosort4:4.1.7",), "sha256:1", {})
+    release = str(load_pins().release)
+    record.save(record.BuildRecord("r2022b", release, (only,)), merge=False)
+    with pytest.raises(UserError, match="lacks matlab-toolboxes, kilosort3-code, kilosort3: a"):
+        commands.release_record("r2022b")
