@@ -338,13 +338,21 @@ def needs_forward_compatibility(gpu: str | None, release_max: str | None) -> boo
 
 
 def image_profile(client, image: str):
-    """The release profile of ``image`` (its ``io.kilosort-docker.profile`` label), or None."""
+    """The release profile of ``image`` (its ``io.kilosort-docker.profile`` label), or None
+    when the image is not on the engine or carries no known profile.
+
+    Raises UserError when the engine cannot answer (not an absent image: an error)."""
+    import docker.errors
+
     from kilosort_docker.images.profiles import PROFILES
 
     try:
         labels = client.images.get(image).labels or {}
-    except Exception:  # no such image, or a client without images: nothing to decide on
-        return None
+    except docker.errors.ImageNotFound:
+        return None  # the run itself says the image is missing, in its own words
+    except docker.errors.DockerException as exc:
+        reason = getattr(exc, "explanation", None) or str(exc)
+        raise UserError(f"the Docker engine could not inspect {image}: {reason}") from None
     return PROFILES.get(labels.get(PROFILE_LABEL, ""))
 
 
