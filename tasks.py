@@ -299,16 +299,17 @@ def profiles(c):
     help={
         "profile": "remove only this profile's images (default: all of the project's images)",
         "dry_run": "list what would be removed, and remove nothing",
+        "bases": "also remove the Debian and Python bases `invoke bases` made, and its record",
     },
 )
 @user_errors
-def clean(c, profile: str | None = None, dry_run: bool = False):
+def clean(c, profile: str | None = None, bases: bool = False, dry_run: bool = False):
     """Remove the images this project built, tagged or untagged (found by their labels).
 
     The test suite's namespaces (kilosort-docker-test*) are left to the suite.
     """
     ui.setup_logging()
-    commands.clean(profile=profile, dry_run=dry_run)
+    commands.clean(profile=profile, dry_run=dry_run, include_bases=bases)
 
 
 UPSTREAM_HELP = {

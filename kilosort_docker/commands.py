@@ -247,12 +247,18 @@ def _is_test_ref(ref: str) -> bool:
     )
 
 
-def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
+def clean(
+    *, dry_run: bool = False, profile: str | None = None, include_bases: bool = False
+) -> list[str]:
     """Remove the images this project built (all profiles, or one): their tags, and the
     untagged (dangling) images carrying the project's labels (``io.kilosort-docker.*``: old
     builds, build stages). Images of the test suite's namespaces are left to the suite
     (:data:`TEST_NAMESPACE_PREFIX`), tagged or not (an untagged one built on a test image).
+    The Debian and Python bases ``invoke bases`` made are kept, and named, unless
+    ``include_bases`` (then ``build/bases.json`` goes too).
     Returns the tags and image IDs removed (or, with ``dry_run``, that would be)."""
+    from kilosort_docker.images import bases as bases_mod
+
     client = engine.connect()
     filters = {"label": [f"{LABEL_PREFIX}.image"]}
     if profile:
@@ -264,6 +270,23 @@ def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
     for image in client.api.images(filters=filters):
         refs = [r for r in image.get("RepoTags") or [] if r != "<none>:<none>"]
         targets += [ref for ref in refs if not _is_test_ref(ref)]
+    base_refs = [
+        ref
+        for image in client.api.images(filters={"label": [bases_mod.BASE_LABEL]})
+        # the stack's images inherit the label from their base: theirs were listed above
+        if f"{LABEL_PREFIX}.image" not in (image.get("Labels") or {})
+        for ref in image.get("RepoTags") or []
+        if ref != "<none>:<none>" and not _is_test_ref(ref)
+    ]
+    if include_bases:
+        targets += base_refs
+    elif base_refs:
+        ui.console.print(
+            f"keeping the bases `invoke bases` made: {', '.join(base_refs)} (--bases removes "
+            "them too)",
+            markup=False,
+            soft_wrap=True,
+        )
     for image in client.api.images(filters={"dangling": True}):
         labels = image.get("Labels") or {}
         if not any(key.startswith(f"{LABEL_PREFIX}.") for key in labels):
@@ -287,6 +310,13 @@ def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
                 continue
             ui.console.print(f"removed {target}", markup=False, soft_wrap=True)
         removed.append(target)
+    record = bases_mod.record_path()
+    if include_bases and record.is_file():
+        if dry_run:
+            ui.console.print(f"would remove {record}", markup=False, soft_wrap=True)
+        else:
+            record.unlink()
+            ui.console.print(f"removed {record}", markup=False, soft_wrap=True)
     if not removed:
         ui.console.print("no images of this project to remove")
     return removed

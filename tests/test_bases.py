@@ -388,3 +388,28 @@ def test_a_recorded_python_base_that_is_gone_says_run_invoke_bases(tmp_path, mon
     plan = commands.make_plan(image=["kilosort4"], python_base="lab/other:1", namespace="lab")
     with pytest.raises(UserError, match="use a mirror with --python-base$"):
         build_mod.execute(plan, object())
+
+
+def test_the_bases_carry_the_label_clean_finds_them_by(tmp_path, monkeypatch) -> None:
+    """The Debian import and the Python base build both label their image
+    ``io.kilosort-docker.base`` (what ``invoke clean --bases`` looks for)."""
+    calls: dict[str, dict] = {}
+
+    class API:
+        def import_image(self, **kwargs):
+            calls["import"] = kwargs
+            return json.dumps({"status": "sha256:" + "1" * 64})
+
+        def build(self, **kwargs):
+            calls["build"] = kwargs
+            return iter([{"aux": {"ID": "sha256:" + "2" * 64}}])
+
+    monkeypatch.setattr(bases.build_mod, "tag_all", lambda client, image_id, refs: None)
+    client = type("Client", (), {"api": API()})()
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    plan = bases.plan_bases(namespace="lab")
+    bases.import_rootfs(client, rootfs, plan.debian_ref)
+    bases.build_python_base(client, plan, on_line=lambda line: None)
+    assert calls["import"]["changes"] == [f"LABEL {bases.BASE_LABEL}=debian"]
+    assert calls["build"]["labels"][bases.BASE_LABEL] == "python-base"
