@@ -125,3 +125,41 @@ def test_release_push_refuses_a_partial_stack(tmp_path: Path, monkeypatch) -> No
     record.save(record.BuildRecord("r2022b", release, (only,)), merge=False)
     with pytest.raises(UserError, match="lacks matlab-toolboxes, kilosort3-code, kilosort3: a"):
         commands.release_record("r2022b")
+
+
+def test_a_build_that_fails_on_tls_names_ca_bundle() -> None:
+    """pip behind a TLS-inspecting proxy: the one-line error says to pass --ca-bundle."""
+    from kilosort_docker import commands
+    from kilosort_docker.images import build
+
+    step = commands.make_plan(image=["kilosort4"], namespace="lab").steps[0]
+    pip_log = (
+        "WARNING: Retrying (Retry(total=4)) after connection broken by 'SSLError(SSLCertVerificat"
+        "ionError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed "
+        "certificate in certificate chain (_ssl.c:992)'))': /simple/torch/"
+    )
+
+    class API:
+        def __init__(self, lines):
+            self.lines = lines
+
+        def build(self, **kwargs):
+            yield {"stream": "Step 4/9 : RUN pip install torch\n"}
+            for line in self.lines:
+                yield {"stream": line + "\n"}
+            yield {
+                "error": "The command '/bin/sh -c pip install torch' returned a non-zero code: 1"
+            }
+
+    def run(lines):
+        client = type("Client", (), {"api": API(lines)})()
+        with pytest.raises(UserError) as caught:
+            build._run_build(
+                client, step, Path("."), {}, no_cache=False, events=build.BuildEvents()
+            )
+        return str(caught.value)
+
+    tls = run([pip_log, "ERROR: No matching distribution found for torch==2.13.0"])
+    assert "\n" not in tls and "--ca-bundle FILE.pem" in tls and "returned a non-zero" in tls
+    other = run(["ERROR: No matching distribution found for torch==2.13.0"])
+    assert "--ca-bundle" not in other and other.endswith("(fix that step; the build log is above)")

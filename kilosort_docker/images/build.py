@@ -144,11 +144,30 @@ def _run_build(
             where = f" at {current[:120]}" if current else ""
             raise UserError(
                 f"building {step.spec.name} failed{where}: {detail[:300]} "
-                "(fix that step; the build log is above)"
+                f"({failure_hint(events.log_lines)})"
             )
     if image_id is None:
         raise UserError(f"building {step.spec.name} ended without an image: rerun with --no-cache")
     return image_id
+
+
+#: What pip, curl, apt and git print when a TLS-inspecting proxy's certificate is not trusted.
+_TLS_FAILURE = re.compile(
+    r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSL certificate problem|"
+    r"server certificate verification failed|self[- ]signed certificate in certificate chain",
+    re.IGNORECASE,
+)
+
+
+def failure_hint(log_lines: list[str]) -> str:
+    """What to do about a failed build, judged from its log: a TLS failure (a proxy that
+    re-signs HTTPS) needs ``--ca-bundle``; anything else, the step the log shows."""
+    if any(_TLS_FAILURE.search(line) for line in log_lines[-200:]):
+        return (
+            "a TLS certificate was not trusted: behind a TLS-inspecting proxy pass its CA with "
+            "--ca-bundle FILE.pem (or the site setting kilosort_docker.ca_bundle)"
+        )
+    return "fix that step; the build log is above"
 
 
 def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None:
