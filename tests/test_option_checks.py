@@ -163,3 +163,30 @@ def test_a_build_that_fails_on_tls_names_ca_bundle() -> None:
     assert "\n" not in tls and "--ca-bundle FILE.pem" in tls and "returned a non-zero" in tls
     other = run(["ERROR: No matching distribution found for torch==2.13.0"])
     assert "--ca-bundle" not in other and other.endswith("(fix that step; the build log is above)")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            "Get http://127.0.0.1:9/v2/: dial tcp 127.0.0.1:9: connect: connection refused",
+            "the registry for 127.0.0.1:9/lab/kilosort4:4.1.7 could not be reached",
+        ),
+        (
+            "denied: requested access to the resource is denied",
+            "the registry refused 127.0.0.1:9/lab/kilosort4:4.1.7: denied",
+        ),
+    ],
+)
+def test_an_unreachable_registry_is_not_called_a_refusal(error: str, expected: str) -> None:
+    from kilosort_docker.images import push
+
+    class API:
+        def push(self, repo, **kwargs):
+            yield {"status": "The push refers to repository [127.0.0.1:9/lab/kilosort4]"}
+            yield {"error": error, "errorDetail": {"message": error}}
+
+    client = type("Client", (), {"api": API()})()
+    with pytest.raises(UserError) as caught:
+        push.push_ref(client, "127.0.0.1:9/lab/kilosort4:4.1.7", auth=None)
+    assert str(caught.value).startswith(expected)
