@@ -117,6 +117,20 @@ def _shown_default(spec) -> bool:
     return plain and not spec.metadata["site"] and not spec.metadata["repeatable"]
 
 
+def check_site_value(key: str, value: str | None) -> None:
+    """Check one site setting alone, so that a bad one is blamed on the setting, not a flag the
+    user never typed. Raises UserError naming where it is set."""
+    if value is None:
+        return
+    try:
+        BuildOptions.from_flags(**{key: value})
+    except UserError as exc:
+        raise UserError(
+            f"site setting {CONFIG_SECTION}.{key} (invoke.yaml, or INVOKE_KILOSORT_DOCKER_"
+            f"{key.upper()}): {exc}"
+        ) from None
+
+
 def check_values_given(argv: list[str], names: Iterable[str]) -> None:
     """Raise UserError for a repeatable flag given with no value (``--image --dry-run``):
     invoke hands the task an empty list, which would mean "all" (the whole stack)."""
@@ -169,6 +183,7 @@ def options_task(
             for f in specs:
                 if f.metadata["site"] and flags[flag_name(f)] is None:
                     flags[flag_name(f)] = site.get(flag_name(f))
+                    check_site_value(flag_name(f), flags[flag_name(f)])
             if "python_base" in flags and flags["python_base"] is None:
                 flags["python_base"] = bases_mod.recorded_python_base()  # `invoke bases`
             return body(c, options=BuildOptions.from_flags(**flags), **kwargs)

@@ -190,3 +190,17 @@ def test_an_unreachable_registry_is_not_called_a_refusal(error: str, expected: s
     with pytest.raises(UserError) as caught:
         push.push_ref(client, "127.0.0.1:9/lab/kilosort4:4.1.7", auth=None)
     assert str(caught.value).startswith(expected)
+
+
+def test_a_bad_site_setting_is_blamed_on_the_setting() -> None:
+    env = os.environ | {"INVOKE_KILOSORT_DOCKER_NAMESPACE": "Bad NS"}
+    result = subprocess.run(
+        [str(INVOKE), "build", "--dry-run"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "error: site setting kilosort_docker.namespace (invoke.yaml, or "
+        "INVOKE_KILOSORT_DOCKER_NAMESPACE): "
+    )
