@@ -567,13 +567,13 @@ def sort_batch(
 @task(
     auto_shortflags=False,
     help={
-        "list_path": "the list given to invoke sort-batch (or --folder)",
+        "list_path": "the list given to invoke sort-batch",
         "wait": "print the progress until no recording is pending or running",
         **BATCH_HELP,
     },
 )
 @user_errors
-def batch_status(c, list_path: str | None = None, folder: str | None = None, wait: bool = False):
+def batch_status(c, list_path: str, folder: str | None = None, wait: bool = False):
     """Each recording of a batch: pending, running, done or failed (exit status, reason, log)."""
     _help_asked(list_path, "batch-status")
     from kilosort_docker.batch import cli

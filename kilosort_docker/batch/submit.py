@@ -69,7 +69,7 @@ def sort_request(row: Row, options: BatchOptions):
         recording=row.recording,
         probe=row.probe,
         out=row.out,
-        sorter=row.sorter or runner.SortRequest.sorter,
+        sorter=row.sorter or "kilosort4",
         image=row.image,
         device="cuda" if options.gpus_per_task else "cpu",
         settings=row.settings,
