@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Program, task
 
 from kilosort_docker import acceptance as acceptance_mod
 from kilosort_docker import commands, ui
@@ -30,6 +30,7 @@ from kilosort_docker.paths import ROOT
 from kilosort_docker.release import bump as bump_mod
 from kilosort_docker.release import release as release_mod
 from kilosort_docker.release import upstream as upstream_mod
+from kilosort_docker.sorting import cli as sorting_cli
 
 VERBOSE = {"verbose": "show debug logging"}
 
@@ -470,6 +471,66 @@ def acceptance(
         )
 
 
+@task(
+    auto_shortflags=False,
+    positional=["recording"],
+    help=dict(sorting_cli.HELP) | {"recording": "the recording to sort"},
+)
+def sort(
+    c,
+    recording: str | None = None,
+    probe: str | None = None,
+    out: str | None = None,
+    sorter: str = "kilosort4",
+    image: str | None = None,
+    device: str = "auto",
+    settings: str | None = None,
+    channels: str | None = None,
+    sampling_rate: str | None = None,
+    runtime: str = "docker",
+    host: bool = False,
+    overwrite: bool = False,
+    license: str | None = None,
+    mac_address: str | None = None,
+    dry_run: bool = False,
+    profile: str | None = None,
+    verbose: bool = False,
+):
+    """Sort RECORDING with Kilosort 4 (or 3) in the built image; a phy folder you own.
+
+    Writes --out DIR/sort-record.json, and DIR/sort-complete.json once finished. Exit 1: the
+    sort failed; exit 2: bad input, refused before any work.
+    """
+    if recording in ("--help", "-h"):  # invoke's parser hands a missing positional the flag
+        Program(namespace=ns).run(["invoke", "--help", "sort"], exit=False)
+        return
+    ui.setup_logging(verbose)
+    try:
+        request = sorting_cli.request_from_flags(
+            recording,
+            probe=probe,
+            out=out,
+            sorter=sorter,
+            image=image,
+            device=device,
+            settings=settings,
+            channels=channels,
+            sampling_rate=sampling_rate,
+            runtime=runtime,
+            host=host,
+            overwrite=overwrite,
+            license=license,
+            mac_address=mac_address,
+            dry_run=dry_run,
+            profile=profile,
+        )
+    except UserError as exc:
+        raise Exit(f"error: {exc}", code=sorting_cli.EXIT_BAD_INPUT) from None
+    status = sorting_cli.execute(request)
+    if status:
+        raise Exit(code=status)
+
+
 ns = Collection(
     build,
     bases,
@@ -485,6 +546,7 @@ ns = Collection(
     check_gpu,
     check_images,
     acceptance,
+    sort,
 )
 ns.configure({CONFIG_SECTION: site_defaults()})
 
