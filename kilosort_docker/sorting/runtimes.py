@@ -226,3 +226,220 @@ def check_mountable(path: Path | str, *, what: str) -> None:
             f"the {what} {text} holds ':', which Docker cannot mount (it splits mounts at "
             f"':'): make a symlink without one (ln -s '{text}' {link}) and pass that"
         )
+
+
+#: podman run(1)'s limits. Debian 12's podman 4.3 sets RLIMIT_NOFILE and RLIMIT_NPROC to its own
+#: defaults (1048576 and 4194304); where the caller lacks CAP_SYS_RESOURCE (a container, a
+#: locked-down node) runc cannot raise them ("error setting rlimit type 6/7: operation not
+#: permitted"), so the container gets the caller's own open-file limit and at most
+#: PODMAN_NPROC processes (RLIMIT_NPROC counts the user's processes on the whole host).
+PODMAN_NPROC = 32768
+
+
+class PodmanRuntime:
+    """Podman's CLI (``podman run --rm``; never pulls: ``--pull never``).
+
+    The container runs as its root user: rootful podman (a root caller) maps it to root,
+    rootless podman to the caller (podman-run(1), ``--userns``), so in both cases the files
+    written into the read-write mounts are the caller's. ``HOME=/tmp``. GPUs through CDI
+    (``--device nvidia.com/gpu=all``; the NVIDIA container toolkit's ``nvidia-ctk cdi
+    generate`` writes the spec). Images come from Docker with ``docker save REF | podman load``
+    (:func:`load_from_docker`, ``invoke podman-load``).
+    """
+
+    name = "podman"
+
+    def __init__(self, program: str = "podman") -> None:
+        self.program = program
+
+    def _podman(self, *args: str):
+        import shutil
+        import subprocess
+
+        path = shutil.which(self.program)
+        if path is None:
+            raise UserError("podman is not on PATH: install it (apt-get install podman)")
+        return subprocess.run([path, *args], capture_output=True, text=True, check=False)
+
+    def image(self, ref: str) -> ImageInfo:
+        import json
+
+        done = self._podman("image", "inspect", "--format", "json", ref)
+        if done.returncode != 0:
+            raise UserError(
+                f"image {ref} is not in podman's storage: load it from Docker "
+                f"(invoke podman-load {ref}, i.e. docker save {ref} | podman load)"
+            )
+        data = json.loads(done.stdout)[0]
+        image_id = data["Id"] if data["Id"].startswith("sha256:") else f"sha256:{data['Id']}"
+        return ImageInfo(
+            ref=ref,
+            id=image_id,
+            repo_digests=tuple(data.get("RepoDigests") or ()),
+            labels=dict(data.get("Labels") or {}),
+        )
+
+    def command(
+        self,
+        image: str,
+        argv: Sequence[str],
+        *,
+        name: str,
+        ro: Mapping[str, str] = {},
+        rw: Mapping[str, str] = {},
+        gpu: bool = False,
+        network: bool = False,
+        environment: Mapping[str, str] | None = None,
+        mac_address: str | None = None,
+    ) -> list[str]:
+        """The ``podman run`` argv (environment values are not in it: ``--env NAME`` takes
+        them from podman's own environment)."""
+        import resource
+
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        args = [self.program, "run", "--rm", "--pull", "never", "--name", name]
+        args += ["--user", "0:0", "--env", "HOME=/tmp"]
+        args += ["--ulimit", f"nofile={nofile}:{nofile}"]
+        args += ["--ulimit", f"nproc={PODMAN_NPROC}:{PODMAN_NPROC}"]
+        if not network:
+            args += ["--network", "none"]
+        if mac_address:
+            args += ["--mac-address", mac_address]
+        if gpu:
+            args += ["--device", "nvidia.com/gpu=all"]
+        for host, inside in ro.items():
+            check_mountable(host, what="read-only mount")
+            args += ["--volume", f"{os.path.abspath(host)}:{inside}:ro"]
+        for host, inside in rw.items():
+            check_mountable(host, what="read-write mount")
+            args += ["--volume", f"{os.path.abspath(host)}:{inside}:rw"]
+        for key in environment or {}:
+            args += ["--env", key]
+        return [*args, image, *argv]
+
+    def run(
+        self,
+        image: str,
+        argv: Sequence[str],
+        *,
+        ro: Mapping[str, str] = {},
+        rw: Mapping[str, str] = {},
+        gpu: bool = False,
+        network: bool = False,
+        environment: Mapping[str, str] | None = None,
+        mac_address: str | None = None,
+        redact: Sequence[str] = (),
+    ) -> RunResult:
+        import shutil
+        import subprocess
+        import time
+        import uuid
+
+        for host in [*ro, *rw]:
+            if not os.path.exists(host):
+                raise UserError(f"{host} does not exist: fix the path")
+        if shutil.which(self.program) is None:
+            raise UserError("podman is not on PATH: install it (apt-get install podman)")
+        name = f"kilosort-docker-{uuid.uuid4().hex[:12]}"
+        args = self.command(
+            image,
+            argv,
+            name=name,
+            ro=ro,
+            rw=rw,
+            gpu=gpu,
+            network=network,
+            environment=environment,
+            mac_address=mac_address,
+        )
+        secrets = [s for s in redact if s]
+
+        def clean(line: str) -> str:
+            for secret in secrets:
+                line = line.replace(secret, "***")
+            return line
+
+        log.info("podman run %s (gpu=%s, network=%s)", image, gpu, network)
+        env = {**os.environ, **dict(environment or {})}
+        last = "(no output)"
+        started = time.monotonic()
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=env,
+        )
+        try:
+            for raw in process.stdout:
+                line = clean(raw.rstrip())
+                if line.strip():
+                    last = line.strip()
+                log.info("| %s", line)
+            code = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            # --rm removes it when it ends; this covers a podman killed on the way
+            subprocess.run(
+                [self.program, "rm", "--force", "--ignore", name],
+                capture_output=True,
+                check=False,
+            )
+        seconds = time.monotonic() - started
+        # podman-run(1) exit codes: 125 podman itself failed (e.g. no such image), 126 the
+        # command could not be invoked, 127 it was not found: nothing ran in the image
+        if code in (125, 126, 127):
+            raise UserError(f"podman could not run {image}: {last}")
+        return RunResult(code, last, seconds)
+
+
+def load_from_docker(ref: str, *, program: str = "podman") -> str:
+    """Copy image ``ref`` from the Docker engine into podman's storage (``docker save ref |
+    podman load``); returns podman's image id. Raises UserError if either side fails."""
+    import shutil
+    import subprocess
+
+    for tool in ("docker", program):
+        if shutil.which(tool) is None:
+            raise UserError(f"{tool} is not on PATH: install it to copy images into podman")
+    save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    load = subprocess.run(
+        [program, "load", "--quiet"],
+        stdin=save.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    save.stdout.close()
+    save_err = save.stderr.read().decode(errors="replace").strip()
+    save.wait()
+    if save.returncode != 0:
+        said = save_err.splitlines()[-1] if save_err else f"exit status {save.returncode}"
+        raise UserError(f"docker save {ref} failed: {said}: is {ref} in the Docker engine?")
+    if load.returncode != 0:
+        said = load.stderr.strip().splitlines()[-1] if load.stderr.strip() else load.returncode
+        raise UserError(f"podman load failed: {said}")
+    done = subprocess.run(
+        [program, "image", "inspect", "--format", "{{.Id}}", ref],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise UserError(f"podman loaded {ref} but cannot find it: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def _apptainer() -> Runtime:
+    from kilosort_docker.batch.apptainer import ApptainerRuntime
+
+    return ApptainerRuntime()
+
+
+RUNTIMES["podman"] = PodmanRuntime
+#: Not run in CI (Apptainer cannot be installed there): kilosort_docker.batch.apptainer
+RUNTIMES["apptainer"] = _apptainer
