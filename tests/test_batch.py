@@ -317,3 +317,59 @@ def test_bad_partition_slurm_does_not_have(tmp_path, slurm_cluster):
     )
     queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True)
     assert queue.stdout.strip() == "" and not (tmp_path / "list.batch").exists()
+
+
+@pytest.mark.slurm
+def test_status_of_real_tasks_without_accounting(tmp_path, slurm_cluster):
+    """Real array tasks whose commands stand in for sorts: one writes the completion marker,
+    one exits 3, one is cancelled while it runs, one waits behind the throttle. The status of
+    each comes from squeue, scontrol and the tasks' own files (no slurmdbd here)."""
+    import time
+
+    from kilosort_docker.batch import record, slurm
+
+    rows = read_list(make_list(tmp_path, ("done", "fails", "cancelled", "queued")))
+    marker = rows[0].out / status.MARKER_NAME
+    commands = {
+        0: ["sh", "-c", f"mkdir -p {rows[0].out} && echo {{}} > {marker}"],
+        1: ["sh", "-c", "echo 'error: the sort failed: stand-in' >&2; exit 3"],
+        2: ["sleep", "60"],
+        3: ["sleep", "60"],
+    }
+    folder = tmp_path / "batch"
+    for sub in ("logs", "status"):
+        (folder / sub).mkdir(parents=True)
+    options = BatchOptions(max_parallel=1, partition=slurm_cluster.partition)
+    script_path = folder / "job.sbatch"
+    script_path.write_text(render(rows, [0, 1, 2, 3], options, folder=folder, commands=commands))
+    job = slurm.submit(script_path)
+    batch = record.BatchRecord(
+        folder=folder,
+        list=str(tmp_path / "list.toml"),
+        options={},
+        rows=tuple(r.to_json() for r in rows),
+        submissions=(record.Submission(job, (0, 1, 2, 3), "now", str(script_path)),),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = {s.index: s for s in status.row_states(batch)}
+        if states[2].state == status.RUNNING and states[1].state == status.FAILED:
+            break
+        time.sleep(0.5)
+    assert states[0].state == status.DONE
+    assert states[1].state == status.FAILED and states[1].exit_status == 3
+    assert states[1].reason == "error: the sort failed: stand-in"
+    assert states[1].log == folder / "logs" / f"row-1.job-{job}.log"
+    assert states[2].state == status.RUNNING
+    assert states[3].state == status.PENDING and states[3].reason == "JobArrayTaskLimit"
+    subprocess.run(["scancel", f"{job}_2"], check=True)
+    subprocess.run(["scancel", f"{job}_3"], check=True)
+    deadline = time.monotonic() + 60
+    while not status.settled(list(states.values())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        states = {s.index: s for s in status.row_states(batch)}
+    assert states[2].state == status.FAILED and states[2].reason == "cancelled"
+    assert states[3].state == status.FAILED and states[3].reason == "cancelled"
+    assert status.summary(list(states.values())) == (
+        "4 recordings: 1 done, 3 failed, 0 running, 0 pending"
+    )
