@@ -64,6 +64,7 @@ TASKS = {
     "check-images": (HELP, "checks built images inside containers on the Docker engine"),
     "check-gpu": (HELP, "needs a MATLAB license and an NVIDIA GPU; it has nothing to dry-run"),
     "verify-mex": (HELP, "needs mex binaries; none are committed until a maintainer builds them"),
+    "sort": (HELP, "its dry run reads the recording and probe files README's examples only name"),
 }
 #: Tasks that query upstream: pointed at the fake GitHub/PyPI on 127.0.0.1.
 UPSTREAM_TASKS = ("bump", "upstream")

@@ -199,6 +199,8 @@ def validate(request: SortRequest) -> SortPlan:
         raise UserError("--mac-address is for Kilosort 3's host-locked license: leave it out")
     out = Path(os.path.abspath(req.out))
     records.check_output_folder(out, overwrite=req.overwrite)
+    if req.sorter == "kilosort3":
+        _check_kilosort3_license(req)
     rec = recordings.inspect_recording(
         req.recording, channels=req.channels, sampling_rate=req.sampling_rate, out=out
     )
@@ -216,8 +218,6 @@ def validate(request: SortRequest) -> SortPlan:
     if rec.convert:
         recordings.check_free_space(out, rec.size_bytes, disk_usage=_disk_usage())
     image = None
-    if req.sorter == "kilosort3":
-        _check_kilosort3_license(req)
     if req.host:
         _check_host(req)
     else:
@@ -320,9 +320,8 @@ def _check_kilosort3_license(req: SortRequest) -> None:
         matlab.host_license(req.license, matlab.local_matlab())
         return
     lic = matlab.resolve_license(req.license)
-    if not req.host:
-        for path in (lic.value,) if lic.kind != "server" else ():
-            runtimes.check_mountable(path, what="license file")
+    if lic.kind != "server":
+        runtimes.check_mountable(lic.value, what="license file")
 
 
 def _check_host(req: SortRequest) -> None:
