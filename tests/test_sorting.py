@@ -427,3 +427,46 @@ def test_module_and_task_share_the_options():
     parser = cli.build_parser()
     flags = {a.dest for a in parser._actions} - {"help", "recording"}
     assert flags == set(cli.HELP) and set(runtimes.RUNTIMES) >= {"docker"}
+
+
+def test_kilosort3_gets_1_based_chanmap_and_the_binary_mounted_read_only(
+    tmp_path, probe_json, monkeypatch
+):
+    """The Kilosort 3 route up to MATLAB (which cannot run here): ``run_batch`` is replaced by
+    a stand-in that checks what it is given and writes phy files as ``rezToPhy2`` would."""
+    import scipy.io
+
+    from kilosort_docker import matlab
+
+    path = tmp_path / "long.bin"
+    np.zeros((70000, N_CHANNELS), dtype=np.int16).tofile(path)  # > ops.NT = 65472 samples
+    seen = {}
+
+    def run_batch(statement, *, image, license, volumes, mac_address=None, **kw):
+        seen.update(statement=statement, image=image, volumes=volumes, mac=mac_address)
+        inputs = next(h for h, v in volumes.items() if v["bind"] == "/data")
+        out = Path(next(h for h, v in volumes.items() if v["bind"] == "/out"))
+        seen["chanMap"] = scipy.io.loadmat(Path(inputs) / "chanMap.mat")["chanMap"].ravel()
+        seen["ops"] = scipy.io.loadmat(Path(inputs) / "ops.mat", simplify_cells=True)["ops"]
+        assert (Path(inputs) / "recording.bin").stat().st_size == 0  # the mount point
+        np.save(out / "spike_times.npy", np.arange(5))
+        np.save(out / "spike_clusters.npy", np.zeros(5, dtype=int))
+        (out / "ks_run.json").write_text(json.dumps({"gpu": "NVIDIA H200", "seconds": 1.0}))
+        return ""
+
+    monkeypatch.setattr(matlab, "run_batch", run_batch)
+    monkeypatch.setenv("MLM_LICENSE_FILE", "27000@licenses.example.org")
+    settings = tmp_path / "ops.json"
+    settings.write_text(json.dumps({"Th": [10, 4]}))
+    image = "kilosort-docker-test/kilosort3:test"
+    req = request(path, probe_json, tmp_path / "out", sorter="kilosort3", image=image)
+    req = runner.with_defaults(req, settings=settings, mac_address="02:42:ac:11:00:02")
+    outcome = runner.sort(req, runtime=StandInRuntime())
+    assert outcome.ok and outcome.summary.gpu == "NVIDIA H200"
+    assert seen["chanMap"].tolist() == list(range(1, 17))  # 1-based for Kilosort 3
+    assert seen["ops"]["fbinary"] == "recording.bin" and list(seen["ops"]["Th"]) == [10, 4]
+    assert seen["ops"]["NchanTOT"] == 16 and seen["ops"]["NT"] == 65472
+    mounted = seen["volumes"][str(path)]
+    assert mounted == {"bind": "/data/recording.bin", "mode": "ro"}
+    assert seen["mac"] == "02:42:ac:11:00:02" and seen["image"] == image
+    assert not (tmp_path / "out" / "kilosort-inputs" / "recording.bin").exists()
