@@ -65,6 +65,7 @@ TASKS = {
     "check-images": (HELP, "checks built images inside containers on the Docker engine"),
     "check-gpu": (HELP, "needs a MATLAB license and an NVIDIA GPU; it has nothing to dry-run"),
     "verify-mex": (HELP, "needs mex binaries; none are committed until a maintainer builds them"),
+    "sort": (HELP, "its dry run reads the recording and probe files README's examples only name"),
     "sort-batch": (HELP, "submits to a SLURM cluster; its dry run needs sbatch and the recordings"),
     "batch-status": (HELP, "reads a submitted batch and asks SLURM (tests/test_batch_slurm.py)"),
     "podman-load": (HELP, "copies an image from the Docker engine into podman"),

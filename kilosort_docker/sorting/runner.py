@@ -199,6 +199,8 @@ def validate(request: SortRequest) -> SortPlan:
         raise UserError("--mac-address is for Kilosort 3's host-locked license: leave it out")
     out = Path(os.path.abspath(req.out))
     records.check_output_folder(out, overwrite=req.overwrite)
+    if req.sorter == "kilosort3":
+        _check_kilosort3_license(req)
     rec = recordings.inspect_recording(
         req.recording, channels=req.channels, sampling_rate=req.sampling_rate, out=out
     )
@@ -216,8 +218,6 @@ def validate(request: SortRequest) -> SortPlan:
     if rec.convert:
         recordings.check_free_space(out, rec.size_bytes, disk_usage=_disk_usage())
     image = None
-    if req.sorter == "kilosort3":
-        _check_kilosort3_license(req)
     if req.host:
         _check_host(req)
     else:
@@ -320,9 +320,8 @@ def _check_kilosort3_license(req: SortRequest) -> None:
         matlab.host_license(req.license, matlab.local_matlab())
         return
     lic = matlab.resolve_license(req.license)
-    if not req.host:
-        for path in (lic.value,) if lic.kind != "server" else ():
-            runtimes.check_mountable(path, what="license file")
+    if lic.kind != "server":
+        runtimes.check_mountable(lic.value, what="license file")
 
 
 def _check_host(req: SortRequest) -> None:
@@ -381,14 +380,11 @@ def sort(
     if req.overwrite:
         records.clear_previous(out)
     inputs = out / INPUTS_NAME
-    before = records.existing_names(out) - _ours(out, inputs)
     rec = plan.recording
+    ours = {n for n in records.existing_names(out) if n.startswith(f"{INPUTS_NAME}/")}
     if rec.convert:
-        log.info("converting %s (%s) to %s", rec.path, rec.format, rec.binary)
-        recordings.convert(rec, on_progress=on_convert)
-    log.info("sha256 of %s", rec.binary)
-    checksum = recordings.sha256(rec.binary)
-    _write_inputs(plan, inputs)
+        ours.add(recordings.CONVERTED_NAME)
+    before = records.existing_names(out) - ours  # rewritten by this sort: its outputs too
     base = {
         "sorter": req.sorter,
         "sorter_version": _sorter_version(req.sorter, image_info),
@@ -401,7 +397,7 @@ def sort(
         "recording_format": rec.format,
         "binary": str(rec.binary),
         "converted": rec.convert,
-        "recording_sha256": checksum,
+        "recording_sha256": None,
         "n_channels": rec.n_channels,
         "sampling_rate": rec.fs,
         "n_samples": rec.n_samples,
@@ -414,14 +410,22 @@ def sort(
         "exit_status": None,
         "gpu": None,
     }
-    records.write_record(out, base)
+    records.write_record(out, base)  # the sort is attempted from here on
     start = time.perf_counter()
-    error = None
     try:
+        if rec.convert:
+            log.info("converting %s (%s) to %s", rec.path, rec.format, rec.binary)
+            recordings.convert(rec, on_progress=on_convert)
+        log.info("sha256 of %s", rec.binary)
+        base["recording_sha256"] = recordings.sha256(rec.binary)
+        _write_inputs(plan, inputs)
+        records.write_record(out, base)
         status, error = _run_sorter(plan, inputs, runtime)
     except KeyboardInterrupt:
         records.write_record(out, base | {"ended": records.now(), "error": "interrupted"})
         raise
+    except (UserError, OSError) as exc:  # the conversion or the runtime failed part-way
+        status, error = EXIT_FAILED, " ".join(str(exc).split())
     wall = time.perf_counter() - start
     info = _run_info(out)
     _tidy_inputs(inputs)
@@ -461,14 +465,6 @@ def sort(
         records.write_marker(out, digest)
         return SortOutcome(plan, EXIT_SORTED, final, summary)
     return SortOutcome(plan, EXIT_FAILED, final, None, error)
-
-
-def _ours(out: Path, inputs: Path) -> set[str]:
-    """Names under ``out`` a previous run of ours left (kept out of ``before``: this run
-    rewrites them, so they are its outputs too)."""
-    return {n for n in records.existing_names(out) if n.startswith(f"{INPUTS_NAME}/")} | {
-        recordings.CONVERTED_NAME
-    }
 
 
 def _sorter_version(sorter: str, info: runtimes.ImageInfo | None) -> str | None:
