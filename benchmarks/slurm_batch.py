@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -196,8 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 runs.append(run)
+    image_id = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", args.image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     result = {
         "image": args.image,
+        "image_id": image_id,
         "cpus": cluster.cpus,
         "slots": slots,
         "recording": PARAMS | {"fs": 30000, "settings": SETTINGS},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kilosort_docker.batch import apptainer, status
+from kilosort_docker.batch import apptainer, script, status
 from kilosort_docker.batch.recordings import read_list
 from kilosort_docker.batch.script import BatchOptions, array_spec, render, sort_argv
 from kilosort_docker.errors import UserError
@@ -373,3 +373,50 @@ def test_status_of_real_tasks_without_accounting(tmp_path, slurm_cluster):
     assert status.summary(list(states.values())) == (
         "4 recordings: 1 done, 3 failed, 0 running, 0 pending"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 5400), ("5:30", 330), ("2:00:00", 7200), ("1-12", 129600), ("1-00:30:15", 88215)],
+)
+def test_time_limit_seconds(text, seconds):
+    assert script.time_limit_s(text) == seconds
+
+
+def test_script_stops_the_sort_when_slurm_signals(tmp_path):
+    """SLURM's warning before the time limit (--signal=B:INT@N reaches the batch shell): the
+    shell passes SIGINT on to the sort, which stops (a container runtime removes its container
+    on KeyboardInterrupt), and the task still writes its exit status."""
+    import signal
+    import time
+
+    rows = read_list(make_list(tmp_path, ("a",)))
+    options = BatchOptions(time="2:00:00")
+    ready = tmp_path / "ready"
+    sort = (
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "try:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    print('interrupted: container removed'); sys.exit(1)\n"
+    )
+    text = render(
+        rows, [0], options, folder=tmp_path / "b", commands={0: [sys.executable, "-c", sort]}
+    )
+    assert "#SBATCH --signal=B:INT@120\n" in text
+    (tmp_path / "b" / "status").mkdir(parents=True)
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "5"}
+    path = tmp_path / "job.sh"
+    path.write_text(text)
+    shell = subprocess.Popen(["bash", str(path)], env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shell.send_signal(signal.SIGINT)
+    out, _ = shell.communicate(timeout=30)
+    assert shell.returncode == 1
+    assert script.STOPPING in out and "interrupted: container removed" in out
+    assert status._read_json(status.status_path(tmp_path / "b", 0, "5"))["exit_status"] == 1
+    log = tmp_path / "b" / "task.log"
+    log.write_text(out)
+    assert status._stopped(log, "2:00:00", 7150.0) == "time limit"
+    assert status._stopped(log, "2:00:00", 60.0) == "stopped by a signal (scancel)"

@@ -28,8 +28,36 @@ TIME_FORMAT = re.compile(
 #: sbatch's --mem: a number with an optional K, M, G or T unit
 MEM_FORMAT = re.compile(r"^\d+[KMGT]?$")
 LOG_PATTERN = "logs/row-%a.job-%A.log"
+#: At most this many seconds before the time limit SLURM asks the task to stop its sort
+#: (sbatch(1) --signal=B:INT@SECONDS), so that the container is removed before SLURM kills the
+#: task; a tenth of a short limit (at least 15 s). SLURM may send it up to 60 s early.
+STOP_BEFORE_S = 120
+#: What the task writes into its log when asked to stop (read back by batch-status).
+STOPPING = "kilosort-batch: stopping the sort"
 STATUS_DIR = "status"
 LOG_DIR = "logs"
+
+
+def time_limit_s(text: str) -> int:
+    """sbatch's ``--time`` in seconds (sbatch(1): minutes, MM:SS, HH:MM:SS, D-HH,
+    D-HH:MM, D-HH:MM:SS)."""
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = [int(p) for p in rest.split(":")]
+    if "-" in text:  # D-HH[:MM[:SS]]
+        parts += [0] * (3 - len(parts))
+        hours, minutes, seconds = parts
+    elif len(parts) == 1:
+        hours, minutes, seconds = 0, parts[0], 0
+    elif len(parts) == 2:
+        hours, minutes, seconds = 0, *parts
+    else:
+        hours, minutes, seconds = parts
+    return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def stop_before_s(limit: str) -> int:
+    """Seconds before the time limit ``limit`` at which the task is asked to stop its sort."""
+    return min(STOP_BEFORE_S, max(15, time_limit_s(limit) // 10))
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,7 @@ def render(
         directives.append(f"--gres=gpu:{options.gpus_per_task}")
     if options.time:
         directives.append(f"--time={options.time}")
+        directives.append(f"--signal=B:INT@{stop_before_s(options.time)}")
     if options.mem:
         directives.append(f"--mem={options.mem}")
     lines = ["#!/bin/bash"]
@@ -175,8 +204,16 @@ def render(
         'printf \'{"row": %s, "job": "%s", "host": "%s", "started": %s}\\n\' '
         '"$row" "$SLURM_ARRAY_JOB_ID" "$(hostname)" "$started" > "$status"',
         'echo "kilosort-batch: row $row on $(hostname): ${argv[*]}"',
-        '"${argv[@]}"',
-        "code=$?",
+        # The sort runs in the background of a shell with job control (set -m), so that it
+        # gets SIGINT (bash ignores it in background jobs without job control) and stops its
+        # container on the way out. SLURM sends the batch shell SIGINT shortly before the
+        # time limit (--signal=B:INT@stop_before_s); `scancel --batch --signal=INT` does too.
+        "set -m",
+        '"${argv[@]}" &',
+        "child=$!",
+        f'trap \'echo "{STOPPING} (signal); row $row"; kill -INT "$child"\' INT TERM',
+        'wait "$child"; code=$?',
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done',
         "ended=$(date +%s.%N)",
         'printf \'{"row": %s, "job": "%s", "host": "%s", "started": %s, "ended": %s, '
         '"exit_status": %s}\\n\' "$row" "$SLURM_ARRAY_JOB_ID" "$(hostname)" "$started" '

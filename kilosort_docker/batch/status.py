@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kilosort_docker.batch import slurm
 from kilosort_docker.batch.record import BatchRecord
-from kilosort_docker.batch.script import LOG_DIR, STATUS_DIR
+from kilosort_docker.batch.script import LOG_DIR, STATUS_DIR, STOPPING, stop_before_s, time_limit_s
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,16 @@ def reason_from_log(path: Path | None) -> str | None:
     return errors[-1] if errors else None
 
 
+def _stopped(path: Path, limit: str | None, seconds: float | None) -> str | None:
+    """Why the task's script stopped its sort (its log's STOPPING line), or None: near the time
+    limit it was SLURM's warning (``--signal=B:INT``), else somebody's ``scancel``."""
+    if not path.is_file() or STOPPING not in path.read_text(errors="replace"):
+        return None
+    if limit and seconds is not None and seconds >= time_limit_s(limit) - stop_before_s(limit) - 60:
+        return "time limit"
+    return "stopped by a signal (scancel)"
+
+
 def _exit_status(code: str | None) -> int | None:
     """SLURM's ``ExitCode`` ``status:signal`` -> status (128+signal when killed by one)."""
     if not code or ":" not in code:
@@ -179,6 +189,7 @@ def row_states(record: BatchRecord) -> list[RowStatus]:
         if exit_status is None and info is not None:
             exit_status = _exit_status(info.exit_code)
         reason = STATE_REASONS.get(info.state.split()[0]) if info is not None else None
+        reason = reason or _stopped(task_log, record.options.get("time"), seconds)
         reason = reason or reason_from_log(task_log)
         if reason is None and exit_status is None:
             reason = "no trace of the task: SLURM forgot it and it wrote no status file"
