@@ -420,3 +420,32 @@ def test_script_stops_the_sort_when_slurm_signals(tmp_path):
     log.write_text(out)
     assert status._stopped(log, "2:00:00", 7150.0) == "time limit"
     assert status._stopped(log, "2:00:00", 60.0) == "stopped by a signal (scancel)"
+
+
+def test_podman_command_shape(monkeypatch, tmp_path):
+    """podman run's argv (run for real by tests/test_batch_slurm.py; GPUs only here): network
+    off, never pulls, limits runc can set, the task's SLURM GPUs, no environment values."""
+    from kilosort_docker.sorting.runtimes import PodmanRuntime
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    argv = PodmanRuntime().command(
+        "img:1",
+        ["python", "-c", "x"],
+        name="n",
+        ro={str(tmp_path): "/in"},
+        rw={str(tmp_path): "/out"},
+        gpu=True,
+        environment={"TOKEN": "secret"},
+    )
+    assert argv[:4] == ["podman", "run", "--rm", "--pull"] and argv[4] == "never"
+    assert argv[argv.index("--network") + 1] == "none"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--device"] == [
+        "nvidia.com/gpu=1",
+        "nvidia.com/gpu=3",
+    ]
+    assert f"{tmp_path}:/in:ro" in argv and f"{tmp_path}:/out:rw" in argv
+    assert "TOKEN" in argv and not any("secret" in a for a in argv)
+    assert argv[-4:] == ["img:1", "python", "-c", "x"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    argv = PodmanRuntime().command("img:1", [], name="n", gpu=True)
+    assert argv[argv.index("--device") + 1] == "nvidia.com/gpu=all"

@@ -242,8 +242,9 @@ class PodmanRuntime:
     The container runs as its root user: rootful podman (a root caller) maps it to root,
     rootless podman to the caller (podman-run(1), ``--userns``), so in both cases the files
     written into the read-write mounts are the caller's. ``HOME=/tmp``. GPUs through CDI
-    (``--device nvidia.com/gpu=all``; the NVIDIA container toolkit's ``nvidia-ctk cdi
-    generate`` writes the spec). Images come from Docker with ``docker save REF | podman load``
+    (``--device nvidia.com/gpu=all``, or those ``CUDA_VISIBLE_DEVICES`` names, as SLURM sets it
+    for a task's ``--gres`` GPUs; the NVIDIA container toolkit's ``nvidia-ctk cdi generate``
+    writes the spec). Images come from Docker with ``docker save REF | podman load``
     (:func:`load_from_docker`, ``invoke podman-load``).
     """
 
@@ -306,7 +307,12 @@ class PodmanRuntime:
         if mac_address:
             args += ["--mac-address", mac_address]
         if gpu:
-            args += ["--device", "nvidia.com/gpu=all"]
+            # under SLURM (--gres=gpu:N) CUDA_VISIBLE_DEVICES names the task's GPUs (indices
+            # or UUIDs), which `nvidia-ctk cdi generate` also names its CDI devices by
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+            chosen = [d for d in visible.split(",") if d and d != "NoDevFiles"]
+            for device in chosen or ["all"]:
+                args += ["--device", f"nvidia.com/gpu={device}"]
         for host, inside in ro.items():
             check_mountable(host, what="read-only mount")
             args += ["--volume", f"{os.path.abspath(host)}:{inside}:ro"]
