@@ -14,6 +14,7 @@ slows the sorts and the figure does not hide it.
 
 Run from the repository root as root, with the images nox environment's Python:
 python -m benchmarks.slurm_batch --image REF [--sizes 1 2 4] [--out benchmarks/results]
+(``--plot-only`` redraws the PNG from the JSON.)
 Writes slurm_batch.json and slurm_batch.png.
 """
 
@@ -151,10 +152,10 @@ def figure(result: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Per task: overhead against the sort")
     ax = axes[2]
-    for r in runs:
+    for i, r in enumerate(runs):
         ts = [t for t, _ in r["curve"]]
-        levels = [level for _, level in r["curve"]]
-        ax.step(ts, levels, where="post", label=f"{r['recordings']} recordings")
+        levels = [level - 0.04 * i for _, level in r["curve"]]  # offset: the curves overlap
+        ax.step(ts, levels, where="post", lw=2, label=f"{r['recordings']} recording(s)")
     ax.axhline(slots, color="grey", ls="--", label=f"slots ({slots})")
     ax.set_xlabel("seconds since submission")
     ax.set_ylabel("tasks running")
@@ -170,10 +171,20 @@ def figure(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", required=True, help="kilosort4 image in the Docker engine")
+    parser.add_argument("--image", help="kilosort4 image in the Docker engine (required)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the PNG from the JSON in --out"
+    )
     args = parser.parse_args(argv)
+    if args.plot_only:
+        figure(
+            json.loads((args.out / "slurm_batch.json").read_text()), args.out / "slurm_batch.png"
+        )
+        return 0
+    if not args.image:
+        parser.error("--image is required: a kilosort4 image in the Docker engine")
     if os.getuid() != 0 or slurm.missing_programs():
         print("needs root and slurm-wlm and munge (scripts/setup-host.sh)", file=sys.stderr)
         return 2
