@@ -424,9 +424,23 @@ def test_hand_back_gives_files_to_the_caller(tmp_path):
 
 
 def test_module_and_task_share_the_options():
+    """``python -m kilosort_docker.sorting`` and ``invoke sort`` take the same options."""
+    import tasks
+
     parser = cli.build_parser()
     flags = {a.dest for a in parser._actions} - {"help", "recording"}
-    assert flags == set(cli.HELP) and set(runtimes.RUNTIMES) >= {"docker"}
+    task = tasks.ns["sort"]
+    params = set(list(task.argspec(task.body).parameters)) - {"recording"}
+    assert flags == set(cli.HELP) == params
+    assert set(runtimes.RUNTIMES) >= {"docker"}
+
+
+def test_a_meta_without_the_layout_is_refused(capsys, tmp_path, probe_json):
+    path = tmp_path / "x.ap.bin"
+    np.zeros((N_SAMPLES, 17), dtype=np.int16).tofile(path)
+    path.with_suffix(".meta").write_text("this is not a meta file\n")
+    err = refused(capsys, request(path, probe_json, tmp_path / "o", channels=None))
+    assert "not a SpikeGLX meta file with nSavedChans" in err
 
 
 def test_kilosort3_gets_1_based_chanmap_and_the_binary_mounted_read_only(
