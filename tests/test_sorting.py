@@ -424,9 +424,23 @@ def test_hand_back_gives_files_to_the_caller(tmp_path):
 
 
 def test_module_and_task_share_the_options():
+    """``python -m kilosort_docker.sorting`` and ``invoke sort`` take the same options."""
+    import tasks
+
     parser = cli.build_parser()
     flags = {a.dest for a in parser._actions} - {"help", "recording"}
-    assert flags == set(cli.HELP) and set(runtimes.RUNTIMES) >= {"docker"}
+    task = tasks.ns["sort"]
+    params = set(list(task.argspec(task.body).parameters)) - {"recording"}
+    assert flags == set(cli.HELP) == params
+    assert set(runtimes.RUNTIMES) >= {"docker"}
+
+
+def test_a_meta_without_the_layout_is_refused(capsys, tmp_path, probe_json):
+    path = tmp_path / "x.ap.bin"
+    np.zeros((N_SAMPLES, 17), dtype=np.int16).tofile(path)
+    path.with_suffix(".meta").write_text("this is not a meta file\n")
+    err = refused(capsys, request(path, probe_json, tmp_path / "o", channels=None))
+    assert "not a SpikeGLX meta file with nSavedChans" in err
 
 
 def test_kilosort3_gets_1_based_chanmap_and_the_binary_mounted_read_only(
@@ -470,3 +484,53 @@ def test_kilosort3_gets_1_based_chanmap_and_the_binary_mounted_read_only(
     assert mounted == {"bind": "/data/recording.bin", "mode": "ro"}
     assert seen["mac"] == "02:42:ac:11:00:02" and seen["image"] == image
     assert not (tmp_path / "out" / "kilosort-inputs" / "recording.bin").exists()
+
+
+def openephys_folder(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """An Open Ephys binary recording (GUI 0.6 layout: ``structure.oebin``, and
+    ``continuous/<stream>/continuous.dat`` int16 interleaved with ``sample_numbers.npy``)."""
+    root = tmp_path / "oe"
+    rec = root / "Record Node 101" / "experiment1" / "recording1"
+    stream = rec / "continuous" / "Acquisition_Board-100.Rhythm Data"
+    stream.mkdir(parents=True)
+    data = np.random.default_rng(2).integers(-500, 500, (N_SAMPLES, N_CHANNELS), dtype=np.int16)
+    data.tofile(stream / "continuous.dat")
+    np.save(stream / "sample_numbers.npy", np.arange(N_SAMPLES, dtype=np.int64))
+    np.save(stream / "timestamps.npy", np.arange(N_SAMPLES) / FS)
+    channel = {"description": "", "identifier": "", "history": "", "bit_volts": 0.195}
+    oebin = {
+        "GUI version": "0.6.7",
+        "continuous": [
+            {
+                "folder_name": "Acquisition_Board-100.Rhythm Data/",
+                "sample_rate": FS,
+                "source_processor_name": "Acquisition Board",
+                "source_processor_id": 100,
+                "stream_name": "Rhythm Data",
+                "recorded_processor": "Acquisition Board",
+                "recorded_processor_id": 100,
+                "num_channels": N_CHANNELS,
+                "channels": [
+                    channel | {"channel_name": f"CH{i + 1}", "units": "uV", "type": 0}
+                    for i in range(N_CHANNELS)
+                ],
+            }
+        ],
+        "events": [],
+        "spikes": [],
+    }
+    (rec / "structure.oebin").write_text(json.dumps(oebin))
+    return root, data
+
+
+def test_an_openephys_binary_folder_is_read_in_place(tmp_path):
+    import spikeinterface.extractors as se
+
+    root, data = openephys_folder(tmp_path)
+    source = recordings.inspect_recording(root, out=tmp_path / "out")
+    assert not source.convert and source.binary.name == "continuous.dat"
+    assert (source.n_channels, source.fs, source.n_samples) == (N_CHANNELS, FS, N_SAMPLES)
+    # SpikeInterface's own reader sees the same samples in the file we hand to Kilosort
+    theirs = se.read_openephys(root).get_traces(start_frame=100, end_frame=110)
+    ours = np.fromfile(source.binary, dtype=np.int16).reshape(-1, N_CHANNELS)[100:110]
+    assert np.array_equal(theirs, ours) and np.array_equal(ours, data[100:110])

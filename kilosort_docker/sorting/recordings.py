@@ -10,7 +10,9 @@ out what a path holds, reading headers only:
   ``snsApLfSy``: SpikeGLX's metadata guide, billkarsh.github.io/SpikeGLX). It is sorted
   where it is (mounted read-only), never copied;
 * a SpikeGLX run folder: its one ``*.ap.bin`` with its ``.meta``, as above;
-* anything else SpikeInterface's extractors read (an Open Ephys folder, an NWB file, a
+* an Open Ephys binary folder with one stream: its ``continuous.dat`` (int16, interleaved),
+  read in place (:func:`_openephys_binary`);
+* anything else SpikeInterface's extractors read (other Open Ephys folders, an NWB file, a
   folder SpikeInterface saved): when the recording already is one int16 binary in Kilosort's
   layout (``BaseRecording.is_binary_compatible``) that file is used as it is; otherwise it is
   converted to ``OUT/recording.bin`` in chunks (:func:`convert`), after
@@ -176,6 +178,9 @@ def inspect_recording(
         found = _spikeglx_binary(path)
         if found is not None:
             return _binary(found, channels, sampling_rate)
+        raw = _openephys_binary(path)
+        if raw is not None:
+            return raw
         return _spikeinterface(path, out)
     suffix = path.suffix.lower()
     if suffix == ".meta":
@@ -272,6 +277,48 @@ def check_binary_size(size: int, channels: int, *, name: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------- Open Ephys
+
+
+def _openephys_binary(folder: Path) -> RecordingSource | None:
+    """An Open Ephys binary recording with one continuous stream, read in place.
+
+    The Open Ephys GUI's binary format (open-ephys.github.io, "Binary format"): each
+    recording folder holds ``structure.oebin`` (JSON; ``continuous[*]`` gives ``folder_name``,
+    ``sample_rate``, ``num_channels``) and ``continuous/<folder_name>/continuous.dat``, int16
+    samples interleaved by channel: Kilosort's layout. None when there is no
+    ``structure.oebin``, or more than one recording or stream (SpikeInterface then asks which).
+    """
+    import json
+
+    found = sorted(folder.rglob("structure.oebin"))
+    if len(found) != 1:
+        return None
+    try:
+        streams = json.loads(found[0].read_text()).get("continuous") or []
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{found[0]} is not Open Ephys JSON: check the recording") from None
+    if len(streams) != 1:
+        return None
+    stream = streams[0]
+    try:
+        n_channels, fs = int(stream["num_channels"]), float(stream["sample_rate"])
+        name = str(stream["folder_name"]).strip("/")
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{found[0]} lacks num_channels/sample_rate/folder_name: check the recording"
+        ) from None
+    binary = found[0].parent / "continuous" / name / "continuous.dat"
+    if not binary.is_file():
+        raise UserError(f"{found[0]} names {binary}, which does not exist: check the recording")
+    size = binary.stat().st_size
+    check_binary_size(size, n_channels, name=str(binary))
+    n_samples = size // (n_channels * SAMPLE_BYTES)
+    return RecordingSource(
+        folder, "Open Ephys binary", binary, n_channels, n_channels, fs, n_samples
+    )
+
+
 # --------------------------------------------------------------------------- SpikeInterface
 
 
@@ -281,9 +328,7 @@ def _reader(path: Path) -> tuple[str, Callable[[], Any]]:
 
     if path.suffix.lower() == ".nwb":
         return "NWB", lambda: se.read_nwb_recording(path)
-    if (path / "structure.oebin").is_file() or any(path.glob("*/structure.oebin")):
-        return "Open Ephys", lambda: se.read_openephys(path)
-    if (path / "settings.xml").is_file() or any(path.glob("**/settings.xml")):
+    if any(path.rglob("structure.oebin")) or any(path.rglob("settings.xml")):
         return "Open Ephys", lambda: se.read_openephys(path)
     if (path / "si_folder.json").is_file() or (path / "binary.json").is_file():
         import spikeinterface.core as sc
