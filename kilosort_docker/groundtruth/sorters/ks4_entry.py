@@ -1,10 +1,12 @@
-"""Run Kilosort 4 on a simulation folder: ``python ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu]``.
+"""Run Kilosort 4 on a folder of inputs:
+``python ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]]``.
 
 Self-contained on purpose (standard library, numpy, torch and kilosort only): the host runner
 imports it, and the container runner sends its source to ``python -c`` inside the
-``kilosort4`` image, which does not have this package. Reads ``ks4_settings.json``,
-``ks4_probe.json`` and ``recording.bin`` from DATA_DIR, writes phy files and ``ks_run.json``
-(device, seconds, versions) into OUT_DIR.
+``kilosort4`` image, which does not have this package. Reads ``ks4_settings.json`` and
+``ks4_probe.json`` from DATA_DIR, and the int16 binary BINARY (default DATA_DIR/recording.bin,
+as a simulation folder holds it), writes phy files and ``ks_run.json`` (device, seconds,
+versions) into OUT_DIR.
 
 Exit status: 0 sorted; 2 usage, or a recording Kilosort 4 cannot sort (too short: see
 :func:`min_samples`); 3 CUDA asked for but absent; 4 Kilosort 4 raised an exception
@@ -90,11 +92,12 @@ def main(argv=None):
     from kilosort import run_kilosort
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (2, 3):
-        sys.stderr.write("usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu]\n")
+    if len(args) not in (2, 3, 4):
+        sys.stderr.write("usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]]\n")
         return EXIT_USAGE
     data_dir, out_dir = args[0], args[1]
-    want = args[2] if len(args) == 3 else "auto"
+    want = args[2] if len(args) >= 3 else "auto"
+    binary = args[3] if len(args) == 4 else os.path.join(data_dir, "recording.bin")
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
@@ -106,7 +109,6 @@ def main(argv=None):
         settings = json.load(f)
     with open(os.path.join(data_dir, "ks4_probe.json")) as f:
         raw = json.load(f)
-    binary = os.path.join(data_dir, "recording.bin")
     n_samples = os.path.getsize(binary) // (2 * int(settings["n_chan_bin"]))
     need = min_samples(settings.get("batch_size", KS4_BATCH_SIZE), settings.get("nt", KS4_NT))
     if n_samples < need:
