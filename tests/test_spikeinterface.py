@@ -23,6 +23,7 @@ Needs the ``kilosort4_image`` fixture (tests/conftest.py); skips when it is not 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -135,11 +136,13 @@ def _chown_tree(folder: Path, uid: int, gid: int) -> None:
 def test_the_image_check_finds_the_pinned_spikeinterface(image, docker_client):
     from kilosort_docker.images import checks
 
-    findings = checks.run_checks(
-        docker_client, image, pins=load_pins(), only=["spikeinterface-version"]
-    )
-    assert [(f.check, f.ok) for f in findings] == [("spikeinterface-version", True)], findings
+    findings = checks.run_checks(docker_client, image, pins=load_pins(), only=["spikeinterface"])
+    assert [(f.check, f.ok) for f in findings] == [("spikeinterface", True)], findings
     assert load_pins().spikeinterface_version in findings[0].detail
+
+    other = dataclasses.replace(load_pins(), spikeinterface_version="0.104.0")
+    (found,) = checks.run_checks(docker_client, image, pins=other, only=["spikeinterface"])
+    assert not found.ok and "!= pinned 0.104.0" in found.detail, found
 
 
 @pytest.mark.docker

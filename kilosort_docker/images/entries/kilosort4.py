@@ -152,7 +152,7 @@ CHECKS = (
         _kilosort4_versions,
     ),
     ImageCheck(
-        "spikeinterface-version",
+        "spikeinterface",
         "spikeinterface at the pinned version; its container runner's imports work",
         _spikeinterface_version,
     ),
