@@ -141,6 +141,8 @@ def run(
     user: str | None = None,
     as_host_user: bool = False,
     shm_size: str | int | None = None,
+    cpus: float | None = None,
+    memory_mb: int | None = None,
     redact: Sequence[str] = (),
     tail_lines: int = 20,
     client: docker.DockerClient | None = None,
@@ -172,6 +174,8 @@ def run(
             get their modes back on every path out.
         shm_size: size of the container's ``/dev/shm`` (``docker run --shm-size``), e.g.
             ``"512m"`` or bytes; None keeps Docker's default (64 MB).
+        cpus: CPU limit in CPUs (``docker run --cpus``); None: no limit.
+        memory_mb: memory limit in MB (``docker run --memory``); None: no limit.
         redact: strings (license values, tokens) replaced by ``***`` in the logged output,
             the returned output and the error messages.
         tail_lines: how many trailing lines :attr:`ContainerResult.tail` keeps.
@@ -220,6 +224,10 @@ def run(
         kwargs["user"] = user
     if shm_size is not None:
         kwargs["shm_size"] = shm_size
+    if cpus is not None:
+        kwargs["nano_cpus"] = int(cpus * 1e9)  # docker run --cpus
+    if memory_mb is not None:
+        kwargs["mem_limit"] = f"{int(memory_mb)}m"  # docker run --memory
 
     client = client or engine.connect()
     log.info("docker run %s (gpu=%s, network=%s)", image, bool(gpu), network)

@@ -117,6 +117,58 @@ def hand_back(folders: Sequence[str | os.PathLike], *, uid: int, gid: int) -> li
     return failed
 
 
+def allotted_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs this process was given, as the host names them (indices or UUIDs); empty when
+    nothing says (then a GPU sort gets every GPU).
+
+    SLURM (``--gres=gpu:N``) names a task's GPUs in ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``
+    (the node's own indices) and in ``CUDA_VISIBLE_DEVICES``, which under ``ConstrainDevices``
+    counts from 0 inside the task's cgroup. A container is made by the engine, outside that
+    cgroup, so the node's indices come first (SLURM's gres.conf and srun(1) ENVIRONMENT)."""
+    environ = os.environ if environ is None else environ
+    for key in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        chosen = [d.strip() for d in environ.get(key, "").split(",") if d.strip()]
+        chosen = [d for d in chosen if d != "NoDevFiles"]
+        if chosen:
+            return chosen
+    return []
+
+
+@dataclass(frozen=True)
+class Limits:
+    """CPU and memory limits for a sort's container, from the SLURM allocation it runs in:
+    ``cpus`` from ``SLURM_CPUS_PER_TASK``, ``memory_mb`` from ``SLURM_MEM_PER_NODE`` (MB; or
+    ``SLURM_MEM_PER_CPU`` x cpus). SLURM confines the task, not a container the engine makes
+    for it, so the container is given the same limits itself (sbatch(1) OUTPUT ENVIRONMENT
+    VARIABLES). Both None outside SLURM."""
+
+    cpus: int | None = None
+    memory_mb: int | None = None
+
+    @classmethod
+    def from_slurm(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        environ = os.environ if environ is None else environ
+
+        def number(key: str) -> int | None:
+            text = environ.get(key, "").strip()
+            return int(text) if text.isdigit() and int(text) > 0 else None
+
+        cpus = number("SLURM_CPUS_PER_TASK")
+        memory = number("SLURM_MEM_PER_NODE")
+        per_cpu = number("SLURM_MEM_PER_CPU")
+        if memory is None and per_cpu is not None:
+            memory = per_cpu * (cpus or 1)
+        return cls(cpus=cpus, memory_mb=memory)
+
+    def thread_environment(self) -> dict[str, str]:
+        """Thread counts for the libraries a sort uses (OpenMP, MKL, OpenBLAS: PyTorch on the
+        CPU), so they do not start one thread per host core inside a smaller allocation."""
+        if self.cpus is None:
+            return {}
+        n = str(self.cpus)
+        return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
+
 class DockerRuntime:
     """The Docker engine, through :func:`kilosort_docker.containers.run` (always removes
     the container; never pulls).
@@ -178,13 +230,20 @@ class DockerRuntime:
 
         volumes = {str(h): {"bind": c, "mode": "ro"} for h, c in ro.items()}
         volumes |= {str(h): {"bind": c, "mode": "rw"} for h, c in rw.items()}
+        chosen = allotted_gpus() if gpu else []
+        request = (
+            containers.DeviceRequest(device_ids=chosen, capabilities=[["gpu"]]) if chosen else gpu
+        )
+        limits = Limits.from_slurm()
         try:
             result = containers.run(
                 image,
                 list(argv),
                 volumes=volumes,
-                environment=dict(environment or {}),
-                gpu=gpu,
+                environment=limits.thread_environment() | dict(environment or {}),
+                gpu=request,
+                cpus=limits.cpus,
+                memory_mb=limits.memory_mb,
                 network=network,
                 mac_address=mac_address,
                 as_host_user=True,
@@ -307,11 +366,9 @@ class PodmanRuntime:
         if mac_address:
             args += ["--mac-address", mac_address]
         if gpu:
-            # under SLURM (--gres=gpu:N) CUDA_VISIBLE_DEVICES names the task's GPUs (indices
-            # or UUIDs), which `nvidia-ctk cdi generate` also names its CDI devices by
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-            chosen = [d for d in visible.split(",") if d and d != "NoDevFiles"]
-            for device in chosen or ["all"]:
+            # the task's GPUs (allotted_gpus: indices or UUIDs), which `nvidia-ctk cdi
+            # generate` also names its CDI devices by
+            for device in allotted_gpus() or ["all"]:
                 args += ["--device", f"nvidia.com/gpu={device}"]
         for host, inside in ro.items():
             check_mountable(host, what="read-only mount")
@@ -347,6 +404,7 @@ class PodmanRuntime:
         if shutil.which(self.program) is None:
             raise UserError("podman is not on PATH: install it (apt-get install podman)")
         name = f"kilosort-docker-{uuid.uuid4().hex[:12]}"
+        environment = Limits.from_slurm().thread_environment() | dict(environment or {})
         args = self.command(
             image,
             argv,
