@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.groundtruth.simulate import DEFAULT_UNIT_DISTANCE_UM
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="range of the units' firing rates in Hz (default 2 8)",
     )
+    p.add_argument(
+        "--unit-distance",
+        type=float,
+        nargs=2,
+        default=DEFAULT_UNIT_DISTANCE_UM,
+        metavar=("NEAR", "FAR"),
+        help="range of the units' distance from the probe plane in um (default "
+        f"{DEFAULT_UNIT_DISTANCE_UM[0]:g} {DEFAULT_UNIT_DISTANCE_UM[1]:g}: MEArec's near limit)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="Kilosort 4: PyTorch's deterministic kernels (torch.use_deterministic_algorithms, "
+        "CUBLAS_WORKSPACE_CONFIG); repeated GPU sorts then give the same spikes",
+    )
     p.add_argument("--drift", type=float, default=10.0, help="peak drift in um, 0 = static")
     p.add_argument("--drift-period", type=float, default=100.0, help="zigzag period in s")
     p.add_argument("--seed", type=int, default=42)
@@ -330,6 +346,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--mode container needs --image NAME:TAG")
     if args.repeat < 1:
         raise UserError("--repeat must be >= 1")
+    if args.deterministic and args.sorter != "kilosort4":
+        raise UserError("--deterministic is for Kilosort 4 (PyTorch); drop it for kilosort3")
     plan = Plan(args.sorter, args.mode, args.image, args.device, args.license, args.mac_address)
     params = SimulationParams(
         duration_s=args.duration,
@@ -339,6 +357,7 @@ def _run(args: argparse.Namespace) -> int:
         drift_period_s=args.drift_period,
         seed=args.seed,
         firing_rates_hz=tuple(args.firing_rates),
+        unit_distance_um=tuple(args.unit_distance),
     )
     refuse_recording(args.sorter, params)
     limits = scoring.load_thresholds(
@@ -370,6 +389,7 @@ def _run(args: argparse.Namespace) -> int:
         "simulation": sim.manifest()["params"],
         "simulation_folder": str(sim.folder),
         "thresholds": dataclasses.asdict(limits),
+        "deterministic": args.deterministic,
     }
     results = []
     for i in range(args.repeat):
@@ -388,6 +408,7 @@ def _run(args: argparse.Namespace) -> int:
                 gpu=args.device != "cpu",
                 license=args.license,
                 mac_address=args.mac_address,
+                deterministic="strict" if args.deterministic else "off",
             )
         except SortError as exc:
             return _failed(out, base, results, f"the sorter crashed: {exc}", params)
@@ -433,6 +454,11 @@ def _run(args: argparse.Namespace) -> int:
         "median_accuracy": report.median_accuracy,
         "n_clusters": report.n_clusters,
         "n_good_clusters": report.n_good_clusters,
+        "n_well_detected_merged": report.n_well_detected_merged,
+        "median_merged_accuracy": report.median_merged_accuracy,
+        "n_units_split": report.n_units_split,
+        "snr_bands": report.snr_bands,
+        "drift_estimate": report.drift_estimate,
         "runs": _runs(results, per_run, params),
         "identical_runs": identical,
         "passed": report.passed,
@@ -447,7 +473,13 @@ def _run(args: argparse.Namespace) -> int:
         f"median accuracy {report.median_accuracy:.3f}; {report.n_clusters} clusters"
         + (f"; {len(silent)} units without spikes in the recording left out" if silent else "")
     )
-    _say(f"thresholds [{limits.name}] from {limits.source}: {limits.applies_to}")
+    for line in report.table().splitlines():
+        _say(line)
+    _say(f"merge rule: {report.merge_rule}")
+    _say(
+        f"thresholds [{limits.name}] from {limits.source} ({limits.score} score): "
+        f"{limits.applies_to}"
+    )
     if report.passed:
         _say("PASS")
         return EXIT_PASS
