@@ -18,7 +18,12 @@ simulation (cold, then cached) and the scoring and figures of the first sort::
 into ``--out`` as ``raw.tar.xz.00``, ``.01``... (each under 15 MB), with ``status.json``.
 
 ``analyse`` (here): unpacks, scores every sort with :func:`kilosort_docker.groundtruth.score.score`
-(merge-aware), and writes ``sweeps.json`` and the figures into ``--results``.
+(merge-aware), and writes ``sweeps.json`` (runs, determinism, overheads),
+``sweeps_units.json`` (per-unit rows of the first run of each recording), the device's
+``sweeps_device_status.json`` (every time stamp) and the figures into ``--results``
+(default ``benchmarks/groundtruth_h200/``)::
+
+    python -m benchmarks.groundtruth_sweeps analyse /work/.device/N/raw.tar.xz.*
 
 ``--small`` makes a CPU-sized sweep (16 channels, 10 units, 20 s, no GPU) to test the steps.
 """
@@ -230,8 +235,11 @@ class Sweep:
             self._sort(job, gpu)
         except Exception as exc:  # the GPU slot must come free whatever happened
             with self.lock:
-                self.status["jobs"][job.name] = {"ok": False, "error": repr(exc),
-                                                 **dataclasses.asdict(job)}
+                self.status["jobs"][job.name] = {
+                    "ok": False,
+                    "error": repr(exc),
+                    **dataclasses.asdict(job),
+                }
                 if job in self.running[gpu]:
                     self.running[gpu].remove(job)
             self.save()
@@ -260,9 +268,17 @@ class Sweep:
             t0, load0 = time.time(), os.getloadavg()[0]
             with (out / "sort.log").open("w") as log:
                 code = subprocess.call(
-                    [sys.executable, str(ENTRY), str(folder), str(out), device,
-                     f"--deterministic={mode}"],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        str(ENTRY),
+                        str(folder),
+                        str(out),
+                        device,
+                        f"--deterministic={mode}",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             t1 = time.time()
             info = {}
@@ -300,14 +316,23 @@ class Sweep:
     def pack_run(self, job: Job, out: Path) -> None:
         dest = self.work / "raw" / "runs" / job.name
         dest.mkdir(parents=True, exist_ok=True)
-        for f in ("spike_times.npy", "spike_clusters.npy", "params.py", "cluster_KSLabel.tsv",
-                  "ks_run.json"):
+        for f in (
+            "spike_times.npy",
+            "spike_clusters.npy",
+            "params.py",
+            "cluster_KSLabel.tsv",
+            "ks_run.json",
+        ):
             if (out / f).is_file():
                 shutil.copy(out / f, dest / f)
         if (out / "ops.npy").is_file():  # only what the drift figure reads
             ops = np.load(out / "ops.npy", allow_pickle=True).item()
-            small = {"dshift": ops.get("dshift"), "settings": {
-                k: ops.get("settings", {}).get(k) for k in ("fs", "batch_size", "tmin")}}
+            small = {
+                "dshift": ops.get("dshift"),
+                "settings": {
+                    k: ops.get("settings", {}).get(k) for k in ("fs", "batch_size", "tmin")
+                },
+            }
             np.save(dest / "ops.npy", np.array(small, dtype=object))
 
     def time_scoring(self, sim: Path, out: Path) -> dict[str, Any]:
@@ -321,7 +346,10 @@ class Sweep:
         res["score_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scoring.write_figures(
-            sim, out, report.units, sorter="kilosort4",
+            sim,
+            out,
+            report.units,
+            sorter="kilosort4",
             drift_estimate=merges.kilosort4_drift(out),
         )
         res["figures_seconds"] = time.perf_counter() - t0
@@ -335,8 +363,15 @@ class Sweep:
         self.work.mkdir(parents=True, exist_ok=True)
         try:
             smi = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                 "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,driver_version,memory.total",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             self.status["gpu_info"] = smi.stdout.strip()
         except (OSError, subprocess.SubprocessError) as exc:
             self.status["gpu_info"] = f"nvidia-smi failed: {exc}"
@@ -352,8 +387,11 @@ class Sweep:
                 if picked:
                     job, gpu = picked
                     self.running[gpu].append(job)
-                    self.status["jobs"][job.name] = {"gpu": gpu, "running": True,
-                                                     "start": time.time()}
+                    self.status["jobs"][job.name] = {
+                        "gpu": gpu,
+                        "running": True,
+                        "start": time.time(),
+                    }
             if picked:
                 t = threading.Thread(target=self.sort, args=picked, daemon=True)
                 t.start()
@@ -362,8 +400,10 @@ class Sweep:
                 continue
             if len(finished) == len(self.jobs) and not started:
                 break
-            if not sims.is_alive() and not started and all(
-                j.recording not in self.ready for j in self.jobs if j.name not in finished
+            if (
+                not sims.is_alive()
+                and not started
+                and all(j.recording not in self.ready for j in self.jobs if j.name not in finished)
             ):
                 break  # a simulation failed: nothing more can run
             time.sleep(2)
@@ -406,8 +446,10 @@ def wait(work: Path, out: Path, max_wait: float) -> int:
     status = json.loads((work / "status.json").read_text())
     names = pack(work, out)
     done = [k for k, v in status["jobs"].items() if "ok" in v]
-    print(f"done: {status.get('done')}; sorts finished {len(done)}: {done}; "
-          f"simulations {list(status['simulations'])}; packed {names}")
+    print(
+        f"done: {status.get('done')}; sorts finished {len(done)}: {done}; "
+        f"simulations {list(status['simulations'])}; packed {names}"
+    )
     return 0
 
 
@@ -431,8 +473,12 @@ def differences(a: Path, b: Path, report_a: dict, report_b: dict) -> dict[str, A
     same = ta.shape == tb.shape and np.array_equal(ta, tb) and np.array_equal(ca, cb)
     ua = {u["unit"]: u for u in report_a["units"]}
     changed = [
-        {"unit": u, "snr": ua[u]["snr"], "accuracy": [ua[u]["accuracy"], v["accuracy"]],
-         "merged_accuracy": [ua[u]["merged_accuracy"], v["merged_accuracy"]]}
+        {
+            "unit": u,
+            "snr": ua[u]["snr"],
+            "accuracy": [ua[u]["accuracy"], v["accuracy"]],
+            "merged_accuracy": [ua[u]["merged_accuracy"], v["merged_accuracy"]],
+        }
         for u, v in ((v["unit"], v) for v in report_b["units"])
         if abs(ua[u]["accuracy"] - v["accuracy"]) > 1e-9
     ]
@@ -442,11 +488,65 @@ def differences(a: Path, b: Path, report_a: dict, report_b: dict) -> dict[str, A
         "n_clusters": [report_a["n_clusters"], report_b["n_clusters"]],
         "n_well_detected": [report_a["n_well_detected"], report_b["n_well_detected"]],
         "n_well_detected_merged": [
-            report_a["n_well_detected_merged"], report_b["n_well_detected_merged"]],
+            report_a["n_well_detected_merged"],
+            report_b["n_well_detected_merged"],
+        ],
         "n_units_accuracy_changed": len(changed),
         "n_units_crossing_0.8": sum(
-            1 for c in changed if (c["accuracy"][0] >= 0.8) != (c["accuracy"][1] >= 0.8)),
+            1 for c in changed if (c["accuracy"][0] >= 0.8) != (c["accuracy"][1] >= 0.8)
+        ),
         "units_changed": changed,
+    }
+
+
+def outcome_groups(runs_dir: Path, names: list[str]) -> list[list[str]]:
+    """``names`` grouped by bit-identical spike times and clusters."""
+    groups: list[list[str]] = []
+    for n in names:
+        t, c = (
+            np.load(runs_dir / n / "spike_times.npy"),
+            np.load(runs_dir / n / "spike_clusters.npy"),
+        )
+        for g in groups:
+            t0 = np.load(runs_dir / g[0] / "spike_times.npy")
+            c0 = np.load(runs_dir / g[0] / "spike_clusters.npy")
+            if t.shape == t0.shape and np.array_equal(t, t0) and np.array_equal(c, c0):
+                g.append(n)
+                break
+        else:
+            groups.append([n])
+    return groups
+
+
+def overlaps(status: dict[str, Any], name: str) -> dict[str, Any]:
+    """What else ran while sort ``name`` ran: sorts on its GPU, on the other, simulations."""
+    job = status["jobs"][name]
+    a = job["attempts"][-1]
+    start, end = a["start"], a["end"]
+
+    def cover(s0, s1):
+        return max(0.0, min(end, s1) - max(start, s0))
+
+    same, other = {}, {}
+    for n, j in status["jobs"].items():
+        if n == name or not j.get("attempts"):
+            continue
+        for b in j["attempts"]:
+            sec = cover(b["start"], b["end"])
+            if sec > 1:
+                (same if j["gpu"] == job["gpu"] else other)[n] = round(sec, 1)
+    sims = {
+        n: round(cover(v["start"], v["end"]), 1)
+        for n, v in status["simulations"].items()
+        if "start" in v and cover(v["start"], v["end"]) > 1
+    }
+    return {
+        "seconds": round(end - start, 1),
+        "same_gpu_sorts": same,
+        "other_gpu_sorts": other,
+        "simulations": sims,
+        "alone_on_gpu": not same,
+        "alone_on_machine": not same and not other and not sims,
     }
 
 
@@ -462,8 +562,9 @@ def analyse(raw: Path, results: Path) -> dict[str, Any]:
             continue
         rec = job["recording"]
         out = score_dir / name
-        rep = scoring.score(recs_dir / rec, runs_dir / name, out_dir=out, figures=(
-            name.endswith(".1")))
+        rep = scoring.score(
+            recs_dir / rec, runs_dir / name, out_dir=out, figures=(name.endswith(".1"))
+        )
         d = rep.to_dict()
         d.pop("simulation", None)
         reports[name] = d
@@ -474,65 +575,126 @@ def analyse(raw: Path, results: Path) -> dict[str, Any]:
         att = job.get("attempts", [])
         rep = reports.get(name)
         ks = att[-1]["ks_run"] if att else {}
-        rows.append({
-            "job": name,
-            "recording": job.get("recording"),
-            "drift_um": sims.get(job.get("recording"), {}).get("params", {}).get("drift_um"),
-            "unit_distance_um": sims.get(job.get("recording"), {}).get("params", {}).get(
-                "unit_distance_um"),
-            "repeat": job.get("repeat"),
-            "deterministic": job.get("deterministic"),
-            "deterministic_used": att[-1]["mode"] if att else None,
-            "deterministic_failures": [a["ks_run"].get("error") for a in att if a["exit"]],
-            "nondeterministic_operations": ks.get("nondeterministic_operations"),
-            "gpu": job.get("gpu"),
-            "timing": "alone on its GPU" if job.get("exclusive") else "concurrent (2 per GPU)",
-            "sort_seconds": ks.get("seconds"),
-            "wall_seconds": att[-1]["wall_seconds"] if att else None,
-            "load_start": att[-1]["load_start"] if att else None,
-            "ok": job.get("ok"),
-            **({k: rep[k] for k in (
-                "n_gt_units", "n_well_detected", "n_high_snr", "n_well_detected_high_snr",
-                "median_accuracy", "n_well_detected_merged", "n_well_detected_high_snr_merged",
-                "median_merged_accuracy", "n_units_split", "n_clusters", "n_redundant_units",
-                "n_false_positive_units", "snr_bands", "drift_estimate")} if rep else {}),
-        })
+        rows.append(
+            {
+                "job": name,
+                "recording": job.get("recording"),
+                "drift_um": sims.get(job.get("recording"), {}).get("params", {}).get("drift_um"),
+                "unit_distance_um": sims.get(job.get("recording"), {})
+                .get("params", {})
+                .get("unit_distance_um"),
+                "repeat": job.get("repeat"),
+                "deterministic": job.get("deterministic"),
+                "deterministic_used": att[-1]["mode"] if att else None,
+                "deterministic_failures": [a["ks_run"].get("error") for a in att if a["exit"]],
+                "nondeterministic_operations": ks.get("nondeterministic_operations"),
+                "gpu": job.get("gpu"),
+                "timing": ("alone on its GPU" if job.get("exclusive") else "concurrent (2 per GPU)")
+                if att
+                else None,
+                "overlap": overlaps(status, name) if att else None,
+                "sort_seconds": ks.get("seconds"),
+                "wall_seconds": att[-1]["wall_seconds"] if att else None,
+                "load_start": att[-1]["load_start"] if att else None,
+                "ok": job.get("ok"),
+                **(
+                    {
+                        k: rep[k]
+                        for k in (
+                            "n_gt_units",
+                            "n_well_detected",
+                            "n_high_snr",
+                            "n_well_detected_high_snr",
+                            "median_accuracy",
+                            "n_well_detected_merged",
+                            "n_well_detected_high_snr_merged",
+                            "median_merged_accuracy",
+                            "n_units_split",
+                            "n_clusters",
+                            "n_redundant_units",
+                            "n_false_positive_units",
+                            "snr_bands",
+                            "drift_estimate",
+                        )
+                    }
+                    if rep
+                    else {}
+                ),
+            }
+        )
     determinism = {}
     for rec, prefix in (("d10_z5", "d10_z5"), ("s0_z5", "s0_z5")):
         names = [n for n in (f"{prefix}.1", f"{prefix}.2", f"{prefix}.3") if n in reports]
         determinism[rec] = [
-            {"pair": [names[0], n], **differences(
-                runs_dir / names[0], runs_dir / n, reports[names[0]], reports[n])}
+            {
+                "pair": [names[0], n],
+                **differences(runs_dir / names[0], runs_dir / n, reports[names[0]], reports[n]),
+            }
             for n in names[1:]
         ]
+    determinism["outcomes"] = {
+        rec: outcome_groups(runs_dir, sorted(n for n in reports if n.startswith(rec + ".")))
+        for rec in ("d10_z5", "s0_z5")
+    }
     dets = [n for n in ("d10_z5.det1", "d10_z5.det2") if n in reports]
     if len(dets) == 2:
-        determinism["d10_z5_deterministic"] = [{"pair": dets, **differences(
-            runs_dir / dets[0], runs_dir / dets[1], reports[dets[0]], reports[dets[1]])}]
-    overheads = next((j.get("overheads") for j in status["jobs"].values() if j.get("overheads")),
-                     None)
+        determinism["d10_z5_deterministic"] = [
+            {
+                "pair": dets,
+                **differences(
+                    runs_dir / dets[0], runs_dir / dets[1], reports[dets[0]], reports[dets[1]]
+                ),
+            }
+        ]
+    overheads = next(
+        (j.get("overheads") for j in status["jobs"].values() if j.get("overheads")), None
+    )
     summary = {
         "what": "Kilosort 4.1.7 ground-truth sweeps (benchmarks/groundtruth_sweeps.py)",
         "gpu_info": status.get("gpu_info"),
         "cpu_count": status.get("cpu_count"),
         "device_wall_seconds": (status.get("finished") or time.time()) - status["started"],
-        "simulations": {k: {kk: v[kk] for kk in ("seconds", "n_jobs", "cached", "params",
-                                                  "cached_seconds", "load_start") if kk in v}
-                        for k, v in sims.items()},
+        "simulations": {
+            k: {
+                kk: v[kk]
+                for kk in ("seconds", "n_jobs", "cached", "params", "cached_seconds", "load_start")
+                if kk in v
+            }
+            for k, v in sims.items()
+        },
         "runs": rows,
         "determinism": determinism,
         "device_overheads": overheads,
-        "units": {n: [{k: u[k] for k in ("unit", "snr", "z_um", "accuracy", "merged_accuracy",
-                                         "n_split")} for u in r["units"]]
-                  for n, r in reports.items() if n.endswith(".1") or "det" in n},
+        "units": {
+            n: [
+                {
+                    k: (round(u[k], 4) if isinstance(u[k], float) else u[k])
+                    for k in ("unit", "snr", "z_um", "accuracy", "merged_accuracy", "n_split")
+                }
+                for u in r["units"]
+            ]
+            for n, r in reports.items()
+            if n.endswith(".1") or "det" in n
+        },
     }
+    units = summary.pop("units")
     (results / "sweeps.json").write_text(json.dumps(summary, indent=1, default=float))
+    # per-unit rows, compact: one line per run
+    (results / "sweeps_units.json").write_text(
+        "{\n"
+        + ",\n".join(
+            f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in units.items()
+        )
+        + "\n}\n"
+    )
+    summary["units"] = units
     figures(summary, results)
+    (results / "sweeps_device_status.json").write_text(json.dumps(status, indent=1))
     for name in ("d10_z5.1", "s0_z5.1", "d10_z10.1"):
         for fig in ("merges_vs_snr.png", "drift.png"):
             src = score_dir / name / fig
             if src.is_file() and (fig != "drift.png" or name.startswith("d")):
-                shutil.copy(src, results / f"{name.split('.')[0]}_{fig}")
+                shutil.copy(src, results / f"sweeps_{name.split('.')[0]}_{fig}")
     return summary
 
 
@@ -558,8 +720,11 @@ def figures(summary: dict[str, Any], results: Path) -> None:
             merged.append(r["n_well_detected_merged"])
     ax.plot(xs, single, "o-", label="best single cluster")
     ax.plot(xs, merged, "s--", label="after merges")
-    ax.set(xlabel="drift amplitude (+- um)", ylabel="well detected units (of 200)",
-           title="drift sweep (units 5-45 um from the probe)")
+    ax.set(
+        xlabel="drift amplitude (+- um)",
+        ylabel="well detected units (of 200)",
+        title="drift sweep (units 5-45 um from the probe)",
+    )
     ax.legend()
     ax = axes[1]
     width = 0.2
@@ -572,8 +737,12 @@ def figures(summary: dict[str, Any], results: Path) -> None:
         ax.bar(pos - width / 2, ys, width, label=f"{label}, single")
         ax.bar(pos + width / 2, ym, width, label=f"{label}, merged", alpha=0.6)
     ax.set_xticks(np.arange(len(zs)), [f">= {z} um" for z in zs])
-    ax.set(xlabel="nearest unit distance from the probe (units up to 45 um)",
-           ylabel="fraction well detected", ylim=(0, 1.05), title="distance sweep")
+    ax.set(
+        xlabel="nearest unit distance from the probe (units up to 45 um)",
+        ylabel="fraction well detected",
+        ylim=(0, 1.05),
+        title="distance sweep",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(results / "sweeps.png", dpi=120)
@@ -615,8 +784,19 @@ def main(argv: list[str] | None = None) -> int:
     parts = [x for x in args.parts if ".tar.xz." in x.name]
     raw = unpack(parts, args.scratch)
     summary = analyse(raw, args.results)
-    print(json.dumps({r["job"]: [r.get("n_well_detected"), r.get("n_well_detected_merged"),
-                                 r.get("sort_seconds")] for r in summary["runs"]}, indent=0))
+    print(
+        json.dumps(
+            {
+                r["job"]: [
+                    r.get("n_well_detected"),
+                    r.get("n_well_detected_merged"),
+                    r.get("sort_seconds"),
+                ]
+                for r in summary["runs"]
+            },
+            indent=0,
+        )
+    )
     return 0
 
 

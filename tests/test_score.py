@@ -243,20 +243,23 @@ def test_merge_rule_by_hand():
     # units x clusters matched counts; cluster sizes
     counts = np.array(
         [
-            [90, 10, 0, 40, 5],  # unit 0
-            [0, 80, 0, 40, 0],  # unit 1
+            [90, 10, 0, 40, 5, 85],  # unit 0
+            [20, 80, 0, 40, 0, 85],  # unit 1 (chance coincidences with unit 0's clusters)
         ]
     )
-    sizes = np.array([100, 95, 50, 80, 100])
-    # cluster 0: 90/90 unit 0, 90 of 100 matched -> unit 0
-    # cluster 1: 80/90 = 0.89 unit 1 -> unit 1
+    sizes = np.array([100, 95, 50, 80, 100, 100])
+    # cluster 0: 90 of its 100 spikes match unit 0 -> unit 0 (the 20 chance matches with
+    #   unit 1 do not count against it)
+    # cluster 1: 80/95 = 0.84 match unit 1 -> unit 1
     # cluster 2: nothing matched -> nobody
-    # cluster 3: 40/80 = 0.5 each -> nobody (impure)
-    # cluster 4: 5/5 unit 0 but 5 of 100 matched (mostly noise) -> nobody
-    assert merges.merge_sets(counts, sizes) == [[0], [1]]
-    # exactly 80 % pure and exactly half matched: merged (the rule says "at least")
-    assert merges.merge_sets(np.array([[8], [2]]), np.array([20])) == [[0], []]
-    assert merges.merge_sets(np.array([[7], [3]]), np.array([20])) == [[], []]
+    # cluster 3: 40/80 each -> nobody (mixed)
+    # cluster 4: 5/100 -> nobody (mostly noise)
+    # cluster 5: 85/100 for both (a tie: overlapping units) -> the first, one unit at most
+    assert merges.merge_sets(counts, sizes) == [[0, 5], [1]]
+    # exactly 80 %: merged (the rule says "at least"); 79 %: not
+    assert merges.merge_sets(np.array([[80], [3]]), np.array([100])) == [[0], []]
+    assert merges.merge_sets(np.array([[79], [3]]), np.array([100])) == [[], []]
+    assert merges.merge_sets(np.zeros((0, 3)), np.ones(3)) == []
     with pytest.raises(ValueError):
         merges.merge_sets(counts, sizes[:3])
 

@@ -223,12 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="range of the units' distance from the probe plane in um (default "
         f"{DEFAULT_UNIT_DISTANCE_UM[0]:g} {DEFAULT_UNIT_DISTANCE_UM[1]:g}: MEArec's near limit)",
     )
-    p.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="Kilosort 4: PyTorch's deterministic kernels (torch.use_deterministic_algorithms, "
-        "CUBLAS_WORKSPACE_CONFIG); repeated GPU sorts then give the same spikes",
-    )
     p.add_argument("--drift", type=float, default=10.0, help="peak drift in um, 0 = static")
     p.add_argument("--drift-period", type=float, default=100.0, help="zigzag period in s")
     p.add_argument("--seed", type=int, default=42)
@@ -346,8 +340,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--mode container needs --image NAME:TAG")
     if args.repeat < 1:
         raise UserError("--repeat must be >= 1")
-    if args.deterministic and args.sorter != "kilosort4":
-        raise UserError("--deterministic is for Kilosort 4 (PyTorch); drop it for kilosort3")
     plan = Plan(args.sorter, args.mode, args.image, args.device, args.license, args.mac_address)
     params = SimulationParams(
         duration_s=args.duration,
@@ -389,7 +381,6 @@ def _run(args: argparse.Namespace) -> int:
         "simulation": sim.manifest()["params"],
         "simulation_folder": str(sim.folder),
         "thresholds": dataclasses.asdict(limits),
-        "deterministic": args.deterministic,
     }
     results = []
     for i in range(args.repeat):
@@ -408,7 +399,6 @@ def _run(args: argparse.Namespace) -> int:
                 gpu=args.device != "cpu",
                 license=args.license,
                 mac_address=args.mac_address,
-                deterministic="strict" if args.deterministic else "off",
             )
         except SortError as exc:
             return _failed(out, base, results, f"the sorter crashed: {exc}", params)

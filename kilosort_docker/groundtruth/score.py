@@ -8,9 +8,9 @@ merge-aware scores of :mod:`kilosort_docker.groundtruth.merges` (accuracy after 
 unit's split clusters, the number of clusters, a table by SNR band) and Kilosort 4's own drift
 estimate against the simulated drift, writes ``report.json`` and four PNG figures, and checks
 the numbers against the thresholds in a TOML file (``thresholds/<sorter>.toml``; its
-``score`` key picks the single-cluster score, the default, or the merged one). Ground-truth units that do not fire in the recording
-(possible in a short one) cannot be found by any sorter: they are left out of every number and
-listed in ``units_without_spikes``.
+``score`` key picks the single-cluster score, the default, or the merged one). Ground-truth
+units that do not fire in the recording (possible in a short one) cannot be found by any
+sorter: they are left out of every number and listed in ``units_without_spikes``.
 """
 
 from __future__ import annotations
@@ -474,7 +474,8 @@ def merge_scores(cmp, gt, tested) -> dict[int, dict[str, Any]]:
     for uid, ks in zip(counts.index, sets, strict=True):
         clusters = [cluster_ids[k] for k in ks]
         union = merges.union_accuracy(
-            gt.get_unit_spike_train(uid), [tested.get_unit_spike_train(c) for c in clusters],
+            gt.get_unit_spike_train(uid),
+            [tested.get_unit_spike_train(c) for c in clusters],
             delta=delta,
         )
         out[int(uid)] = {
@@ -561,10 +562,19 @@ def write_figures(
     for a, b, x in zip(acc, merged, snr, strict=True):
         if b > a:
             ax.plot([x, x], [a, b], color="grey", lw=0.6, zorder=1)
-    ax.scatter(snr, acc, s=14, facecolors="none", edgecolors="tab:blue", label="best single cluster")
+    ax.scatter(
+        snr, acc, s=14, facecolors="none", edgecolors="tab:blue", label="best single cluster"
+    )
     sc = ax.scatter(
-        snr, merged, s=14, c=np.clip(n_split, 0, 6), cmap="viridis", vmin=0, vmax=6,
-        label="after merges", zorder=2,
+        snr,
+        merged,
+        s=14,
+        c=np.clip(n_split, 0, 6),
+        cmap="viridis",
+        vmin=0,
+        vmax=6,
+        label="after merges",
+        zorder=2,
     )
     fig.colorbar(sc, ax=ax, label="clusters merged into the unit (6 = 6+)")
     ax.axhline(WELL_DETECTED, color="k", ls="--", lw=0.8)

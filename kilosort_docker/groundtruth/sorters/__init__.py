@@ -36,28 +36,20 @@ def run_kilosort(
     gpu: bool = False,
     license: str | None = None,
     mac_address: str | None = None,
-    deterministic: str = "off",
 ) -> SortResult:
     """Dispatch to the runner for ``sorter`` (kilosort4|kilosort3) and ``mode`` (host|container).
 
-    ``deterministic`` (``off``, ``strict``, ``warn``) is for Kilosort 4 only.
-
     Raises:
-        UserError: an unknown sorter or mode, a container mode without ``image``, or
-            ``deterministic`` asked of Kilosort 3.
+        UserError: an unknown sorter or mode, or a container mode without ``image``.
     """
     from kilosort_docker.errors import UserError
 
     if mode == "container" and not image:
         raise UserError("container mode needs an image: pass --image NAME:TAG")
-    if sorter == "kilosort3" and deterministic != "off":
-        raise UserError("--deterministic is for Kilosort 4 (PyTorch); drop it for kilosort3")
     if sorter == "kilosort4" and mode == "host":
-        return run_kilosort4_host(data_dir, out_dir, device=device, deterministic=deterministic)
+        return run_kilosort4_host(data_dir, out_dir, device=device)
     if sorter == "kilosort4" and mode == "container":
-        return run_kilosort4_container(
-            data_dir, out_dir, image=image, gpu=gpu, deterministic=deterministic
-        )
+        return run_kilosort4_container(data_dir, out_dir, image=image, gpu=gpu)
     if sorter == "kilosort3" and mode == "host":
         return run_kilosort3_host(data_dir, out_dir, license=license)
     if sorter == "kilosort3" and mode == "container":

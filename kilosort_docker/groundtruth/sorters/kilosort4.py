@@ -25,15 +25,6 @@ KS4_INPUTS = ("recording.bin", "ks4_settings.json", "ks4_probe.json")
 DEVICES = ("auto", "cuda", "cpu")
 
 
-def check_deterministic(mode: str) -> None:
-    """Raise UserError unless ``mode`` is one of ``ks4_entry.DETERMINISTIC_MODES``."""
-    if mode not in ks4_entry.DETERMINISTIC_MODES:
-        raise UserError(
-            f"deterministic must be one of {', '.join(ks4_entry.DETERMINISTIC_MODES)}, "
-            f"got {mode!r}"
-        )
-
-
 def check_recording(
     n_samples: int,
     fs: float,
@@ -94,11 +85,7 @@ def check_folder(data_dir: Path) -> None:
 
 
 def run_kilosort4_host(
-    data_dir: Path | str,
-    out_dir: Path | str,
-    *,
-    device: str = "auto",
-    deterministic: str = "off",
+    data_dir: Path | str, out_dir: Path | str, *, device: str = "auto"
 ) -> SortResult:
     """Sort a simulation folder with Kilosort 4 in this Python process.
 
@@ -106,8 +93,6 @@ def run_kilosort4_host(
         data_dir: folder from :func:`kilosort_docker.groundtruth.simulate.simulate`.
         out_dir: folder for the phy output (created).
         device: ``auto`` (CUDA when torch sees a GPU, else CPU), ``cuda`` or ``cpu``.
-        deterministic: ``off``, ``strict`` or ``warn``
-            (:func:`~kilosort_docker.groundtruth.sorters.ks4_entry.deterministic_settings`).
 
     Raises:
         UserError: missing inputs, a recording too short (:func:`check_recording`), kilosort
@@ -118,7 +103,6 @@ def run_kilosort4_host(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if device not in DEVICES:
         raise UserError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    check_deterministic(deterministic)
     check_data_folder(data_dir, KS4_INPUTS)
     check_folder(data_dir)
     try:
@@ -129,9 +113,7 @@ def run_kilosort4_host(
         ) from exc
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    code = ks4_entry.main(
-        [str(data_dir), str(out_dir), device, f"--deterministic={deterministic}"]
-    )
+    code = ks4_entry.main([str(data_dir), str(out_dir), device])
     wall = time.perf_counter() - start
     info = common.read_run_info(out_dir)
     if code == ks4_entry.EXIT_NO_CUDA:
@@ -149,7 +131,6 @@ def run_kilosort4_container(
     *,
     image: str,
     gpu: bool = False,
-    deterministic: str = "off",
     client=None,
 ) -> SortResult:
     """Sort a simulation folder with Kilosort 4 inside the ``kilosort4`` image.
@@ -164,7 +145,6 @@ def run_kilosort4_container(
         out_dir: folder for the phy output (created).
         image: image tag, e.g. ``kilosort4:4.1.7``.
         gpu: pass every GPU to the container and require CUDA; else sort on CPU.
-        deterministic: ``off``, ``strict`` or ``warn`` (as for :func:`run_kilosort4_host`).
         client: docker SDK client (default: from the environment).
 
     Raises:
@@ -172,14 +152,11 @@ def run_kilosort4_container(
         SortError: the container exited non-zero (exit 2 with a one-line reason for a
             recording too short: the entry point checks it inside the image).
     """
-    check_deterministic(deterministic)
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     check_data_folder(data_dir, KS4_INPUTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = Path(ks4_entry.__file__).read_text()
     command = ["python", "-c", source, DATA_MOUNT, OUT_MOUNT, "cuda" if gpu else "cpu"]
-    if deterministic != "off":
-        command.append(f"--deterministic={deterministic}")
     start = time.perf_counter()
     run_container(
         image,

@@ -15,7 +15,13 @@ Exit status: 0 sorted; 2 usage, or a recording Kilosort 4 cannot sort (too short
 
 ``--deterministic`` (strict) asks PyTorch for deterministic kernels
 (:func:`deterministic_settings`); an operation that has none then raises, and the sort fails
-with that error. ``--deterministic=warn`` only warns for such operations.
+with that error. ``--deterministic=warn`` only warns for such operations. Measured on the
+H200 (Kilosort 4.1.7, torch 2.11, ``benchmarks/groundtruth_sweeps.py``): strict fails at once
+("median CUDA with indices output does not have a deterministic implementation", Kilosort's
+``torch.median`` in kilosort/io.py ``BinaryFiltered.filter``), and warn gives the same spikes
+as the default kernels, bit for bit, so it does not make repeats identical. The option is
+therefore not offered by ``python -m kilosort_docker.groundtruth``; it stays here for that
+benchmark.
 """
 
 import json
