@@ -98,6 +98,14 @@ def recordings(small: bool) -> dict[str, SimulationParams]:
     }
 
 
+#: ``device --timing``: the thresholds' recording sorted alone on the machine, with the default
+#: kernels and then PyTorch's deterministic ones (warn mode), for clean timings.
+TIMING_JOBS = [
+    Job("d10_z10.t1", "d10_z10", exclusive=True),
+    Job("d10_z10.tdet", "d10_z10", repeat=2, deterministic="warn", exclusive=True),
+]
+
+
 def jobs(small: bool) -> list[Job]:
     """Sorts in priority order (the first two have GPU 0 to themselves)."""
     if small:
@@ -133,10 +141,15 @@ class Sweep:
     """Runs the sweep in ``work``: ``sims/`` (simulation cache), ``runs/<job>/`` (phy output),
     ``raw/`` (compact copies), ``status.json`` (progress, times)."""
 
-    def __init__(self, work: Path, *, small: bool, gpus: int, per_gpu: int) -> None:
+    def __init__(
+        self, work: Path, *, small: bool, gpus: int, per_gpu: int, timing: bool = False
+    ) -> None:
         self.work, self.small, self.gpus, self.per_gpu = work, small, gpus, per_gpu
         self.recs = recordings(small)
         self.jobs = jobs(small)
+        if timing:  # one recording, sorts one after the other on GPU 0
+            self.recs = {"d10_z10": self.recs["d10_z10"]}
+            self.jobs = list(TIMING_JOBS)
         self.lock = threading.Lock()
         self.ready: dict[str, str] = {}  # recording -> simulation folder
         self.status: dict[str, Any] = {
@@ -759,6 +772,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--work", type=Path, required=True)
     d.add_argument("--small", action="store_true", help="CPU-sized sweep to test the steps")
     d.add_argument("--per-gpu", type=int, default=2, help="concurrent sorts per GPU")
+    d.add_argument(
+        "--timing", action="store_true", help="only the timing runs (TIMING_JOBS), alone"
+    )
     w = sub.add_parser("wait", help="wait for the device step, pack results into --out")
     w.add_argument("--work", type=Path, required=True)
     w.add_argument("--out", type=Path, required=True)
@@ -777,7 +793,9 @@ def main(argv: list[str] | None = None) -> int:
             if gpus == 0:
                 print("no GPU visible: use --small for the CPU sweep", file=sys.stderr)
                 return 2
-        Sweep(args.work, small=args.small, gpus=gpus, per_gpu=args.per_gpu).run()
+        Sweep(
+            args.work, small=args.small, gpus=gpus, per_gpu=args.per_gpu, timing=args.timing
+        ).run()
         return 0
     if args.cmd == "wait":
         return wait(args.work, args.out, args.max_wait)
