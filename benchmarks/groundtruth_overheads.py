@@ -10,8 +10,12 @@
    interleaved host, image, host, image... so that a change in the machine's load hits both;
    the load average is recorded around each sort. Target: image time / host time <= 1/0.98.
 
-    python -m benchmarks.groundtruth_overheads --image NS/kilosort4:4.1.7 \\
-        --status /tmp/h15res/status.json --scratch /tmp/groundtruth-sweeps --pairs 2
+    python -m benchmarks.groundtruth_overheads --image NS/kilosort4:4.1.7 --pairs 2 \\
+        --status STATUS.json --scratch SCRATCH
+
+``STATUS.json`` and ``SCRATCH`` come from ``groundtruth_sweeps device --timing`` (the sorts
+alone on one H200) and its ``analyse --scratch``; the committed numbers used
+``benchmarks/groundtruth_h200/timing_device_status.json``.
 
 Writes ``benchmarks/results/groundtruth_overheads.{json,png}``.
 """
@@ -48,14 +52,16 @@ def h200_overheads(status: dict[str, Any], scratch: Path | None) -> dict[str, An
         if job.get("overheads"):
             first, first_name = job, name
             break
+    from benchmarks.groundtruth_sweeps import overlaps
+
     sim = next(iter(status["simulations"].values()))
     sort_s = first["attempts"][-1]["ks_run"]["seconds"]
     dev = first["overheads"]
     out: dict[str, Any] = {
+        "machine": f"{status.get('gpu_info')}; {status.get('cpu_count')} cores",
         "sort": first_name,
         "sort_seconds": sort_s,
-        "sort_timing": "alone on GPU 0; GPU 1 sorted two recordings and simulations ran "
-        "meanwhile (32 cores shared)",
+        "sort_overlap": overlaps(status, first_name),
         "simulation_cold_seconds": sim["seconds"],
         "simulation_cold_jobs": sim["n_jobs"],
         "simulation_cached_seconds": sim["cached_seconds"],
@@ -63,8 +69,8 @@ def h200_overheads(status: dict[str, Any], scratch: Path | None) -> dict[str, An
         "device_figures_seconds": dev["figures_seconds"],
         "device_score_and_figures_seconds_second_call": dev["score_and_figures_seconds"],
         "device_load": [dev["load_start"], dev["load_end"]],
-        "note": "the device timed the scoring code before its merge rule was fixed (the "
-        "rule then merged nothing); the local timings below use this checkout's code",
+        "note": "device scoring ran in the sweep's process (spikeinterface already imported "
+        "by the simulation); 'local' re-times this checkout's code here in a fresh process",
     }
     out["fractions_of_sort"] = {
         "simulation_cold": sim["seconds"] / sort_s,

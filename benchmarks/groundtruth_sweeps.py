@@ -50,10 +50,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kilosort_docker.groundtruth.simulate import SimulationParams  # noqa: E402
+from kilosort_docker.groundtruth.simulate import (  # noqa: E402
+    DEFAULT_UNIT_DISTANCE_UM,
+    SPIKEINTERFACE_UNIT_DISTANCE_UM,
+    SimulationParams,
+)
 
-#: spikeinterface 0.105's default unit distance (5-45 um) and the far ranges of the sweep.
-Z5, Z10, Z20, Z35 = (5.0, 45.0), (10.0, 45.0), (20.0, 45.0), (35.0, 45.0)
+#: Unit distance ranges of the sweep (um from the probe plane): spikeinterface 0.105's default
+#: (5-45), this project's (10-45), and two with the near limit further away.
+Z5, Z10, Z20, Z35 = (
+    SPIKEINTERFACE_UNIT_DISTANCE_UM,
+    DEFAULT_UNIT_DISTANCE_UM,
+    (20.0, 45.0),
+    (35.0, 45.0),
+)
 PART_BYTES = 15 * 1024 * 1024
 ENTRY = ROOT / "kilosort_docker" / "groundtruth" / "sorters" / "ks4_entry.py"
 
