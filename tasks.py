@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Program, task
 
 from kilosort_docker import acceptance as acceptance_mod
 from kilosort_docker import commands, ui
@@ -30,6 +31,7 @@ from kilosort_docker.paths import ROOT
 from kilosort_docker.release import bump as bump_mod
 from kilosort_docker.release import release as release_mod
 from kilosort_docker.release import upstream as upstream_mod
+from kilosort_docker.sorting import cli as sorting_cli
 
 VERBOSE = {"verbose": "show debug logging"}
 
@@ -116,6 +118,37 @@ def _shown_default(spec) -> bool:
     return plain and not spec.metadata["site"] and not spec.metadata["repeatable"]
 
 
+def check_site_value(key: str, value: str | None) -> None:
+    """Check one site setting alone, so that a bad one is blamed on the setting, not a flag the
+    user never typed. Raises UserError naming where it is set."""
+    if value is None:
+        return
+    try:
+        BuildOptions.from_flags(**{key: value})
+    except UserError as exc:
+        raise UserError(
+            f"site setting {CONFIG_SECTION}.{key} (invoke.yaml, or INVOKE_KILOSORT_DOCKER_"
+            f"{key.upper()}): {exc}"
+        ) from None
+
+
+def check_values_given(argv: list[str], names: Iterable[str]) -> None:
+    """Raise UserError for a repeatable flag given with no value (``--image --dry-run``):
+    invoke hands the task an empty list, which would mean "all" (the whole stack)."""
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        for i, token in enumerate(argv):
+            if token == flag and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+                raise UserError(
+                    f"{flag} needs a value, e.g. {flag} {REPEATABLE_EXAMPLES.get(name, 'VALUE')}"
+                    f" (repeat {flag} for more)"
+                )
+
+
+#: Examples for :func:`check_values_given`'s message.
+REPEATABLE_EXAMPLES = {"image": "kilosort4", "gencode": "compute_90,sm_90"}
+
+
 def options_task(
     names: Iterable[str] | None = None, *, help: dict[str, str] | None = None
 ) -> Callable:
@@ -145,11 +178,13 @@ def options_task(
         @user_errors
         def wrapper(c, **kwargs):
             flags = {flag_name(f): kwargs.pop(flag_name(f), None) for f in specs}
+            check_values_given(sys.argv, [flag_name(f) for f in specs if f.metadata["repeatable"]])
             ui.setup_logging(kwargs.get("verbose", False))
             site = site_settings(c)
             for f in specs:
                 if f.metadata["site"] and flags[flag_name(f)] is None:
                     flags[flag_name(f)] = site.get(flag_name(f))
+                    check_site_value(flag_name(f), flags[flag_name(f)])
             if "python_base" in flags and flags["python_base"] is None:
                 flags["python_base"] = bases_mod.recorded_python_base()  # `invoke bases`
             return body(c, options=BuildOptions.from_flags(**flags), **kwargs)
@@ -280,16 +315,17 @@ def profiles(c):
     help={
         "profile": "remove only this profile's images (default: all of the project's images)",
         "dry_run": "list what would be removed, and remove nothing",
+        "bases": "also remove the Debian and Python bases `invoke bases` made, and its record",
     },
 )
 @user_errors
-def clean(c, profile: str | None = None, dry_run: bool = False):
+def clean(c, profile: str | None = None, bases: bool = False, dry_run: bool = False):
     """Remove the images this project built, tagged or untagged (found by their labels).
 
     The test suite's namespaces (kilosort-docker-test*) are left to the suite.
     """
     ui.setup_logging()
-    commands.clean(profile=profile, dry_run=dry_run)
+    commands.clean(profile=profile, dry_run=dry_run, include_bases=bases)
 
 
 UPSTREAM_HELP = {
@@ -470,6 +506,66 @@ def acceptance(
         )
 
 
+@task(
+    auto_shortflags=False,
+    positional=["recording"],
+    help=dict(sorting_cli.HELP) | {"recording": "the recording to sort"},
+)
+def sort(
+    c,
+    recording: str | None = None,
+    probe: str | None = None,
+    out: str | None = None,
+    sorter: str = "kilosort4",
+    image: str | None = None,
+    device: str = "auto",
+    settings: str | None = None,
+    channels: str | None = None,
+    sampling_rate: str | None = None,
+    runtime: str = "docker",
+    host: bool = False,
+    overwrite: bool = False,
+    license: str | None = None,
+    mac_address: str | None = None,
+    dry_run: bool = False,
+    profile: str | None = None,
+    verbose: bool = False,
+):
+    """Sort RECORDING with Kilosort 4 (or 3) in the built image; a phy folder you own.
+
+    Writes --out DIR/sort-record.json, and DIR/sort-complete.json once finished. Exit 1: the
+    sort failed; exit 2: bad input, refused before any work.
+    """
+    if recording in ("--help", "-h"):  # invoke's parser hands a missing positional the flag
+        Program(namespace=ns).run(["invoke", "--help", "sort"], exit=False)
+        return
+    ui.setup_logging(verbose)
+    try:
+        request = sorting_cli.request_from_flags(
+            recording,
+            probe=probe,
+            out=out,
+            sorter=sorter,
+            image=image,
+            device=device,
+            settings=settings,
+            channels=channels,
+            sampling_rate=sampling_rate,
+            runtime=runtime,
+            host=host,
+            overwrite=overwrite,
+            license=license,
+            mac_address=mac_address,
+            dry_run=dry_run,
+            profile=profile,
+        )
+    except UserError as exc:
+        raise Exit(f"error: {exc}", code=sorting_cli.EXIT_BAD_INPUT) from None
+    status = sorting_cli.execute(request)
+    if status:
+        raise Exit(code=status)
+
+
 ns = Collection(
     build,
     bases,
@@ -485,5 +581,119 @@ ns = Collection(
     check_gpu,
     check_images,
     acceptance,
+    sort,
 )
 ns.configure({CONFIG_SECTION: site_defaults()})
+
+
+# ---- sorting many recordings on a SLURM cluster (kilosort_docker.batch) -----------------------
+
+
+def _help_asked(value: str | None, task_name: str) -> None:
+    """Invoke gives ``TASK --help`` to a task's positional argument when it has one: print the
+    task's help (``invoke --help TASK``) and stop instead."""
+    if value in ("-h", "--help"):
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-m", "invoke", "--help", task_name], check=False)
+        raise Exit(code=0)
+
+
+BATCH_HELP = {
+    "folder": "batch folder (record, sbatch scripts, logs; default "
+    "<list folder>/<list name>.batch)",
+}
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "list_path": "TOML or CSV list of recordings: path, probe, out, and optional sorter, "
+        "image, settings, channels, sampling_rate (README: On a cluster)",
+        "runtime": "container runtime on the nodes: docker, podman or apptainer (default docker)",
+        "partition": "SLURM partition (default: the cluster's default partition)",
+        "gpus_per_task": "GPUs per task, asked as --gres=gpu:N (default 0: Kilosort 4 on the CPU)",
+        "cpus_per_task": "CPUs per task (default 1)",
+        "time": "time limit per task, sbatch's format, e.g. 2:00:00",
+        "mem": "memory per task, sbatch's format, e.g. 32G",
+        "max_parallel": "run at most N tasks at once (the array's %N throttle; default no limit)",
+        "image": "image of the rows that name none (for apptainer: a .sif file)",
+        "resume": "submit again only the recordings without a completion marker that are "
+        "neither pending nor running; a finished one is never rerun",
+        "dry_run": "check everything and print the sbatch script; submit nothing",
+        **BATCH_HELP,
+    }
+    | VERBOSE,
+)
+@user_errors
+def sort_batch(
+    c,
+    list_path: str,
+    runtime: str = "docker",
+    partition: str | None = None,
+    gpus_per_task: int = 0,
+    cpus_per_task: int = 1,
+    time: str | None = None,
+    mem: str | None = None,
+    max_parallel: int = 0,
+    image: str | None = None,
+    folder: str | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    verbose: bool = False,
+):
+    """Sort every recording of a list on a SLURM cluster: one array job, one task each."""
+    _help_asked(list_path, "sort-batch")
+    from kilosort_docker.batch import cli
+    from kilosort_docker.batch.script import BatchOptions
+
+    ui.setup_logging(verbose)
+    options = BatchOptions(
+        runtime=runtime,
+        partition=partition,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        time=time,
+        mem=mem,
+        max_parallel=max_parallel or None,
+    )
+    cli.sort_batch(list_path, options, folder=folder, image=image, resume=resume, dry_run=dry_run)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "list_path": "the list given to invoke sort-batch",
+        "wait": "print the progress until no recording is pending or running",
+        **BATCH_HELP,
+    },
+)
+@user_errors
+def batch_status(c, list_path: str, folder: str | None = None, wait: bool = False):
+    """Each recording of a batch: pending, running, done or failed (exit status, reason, log)."""
+    _help_asked(list_path, "batch-status")
+    from kilosort_docker.batch import cli
+
+    ui.setup_logging()
+    if cli.batch_status(list_path, folder=folder, wait=wait):
+        raise Exit(
+            "error: some recordings failed (see above); fix them, then "
+            "invoke sort-batch LIST --resume",
+            code=1,
+        )
+
+
+@task(auto_shortflags=False, help={"image": "image reference in the Docker engine"})
+@user_errors
+def podman_load(c, image: str):
+    """Copy an image from the Docker engine into podman (docker save | podman load)."""
+    _help_asked(image, "podman-load")
+    from kilosort_docker.batch import cli
+
+    ui.setup_logging()
+    cli.podman_load(image)
+
+
+for _batch_task in (sort_batch, batch_status, podman_load):
+    ns.add_task(_batch_task)

@@ -164,7 +164,24 @@ def release_record(
             f"the build record is of release {recorded.release} but VERSION says {release}: "
             "run `invoke build` again"
         )
+    missing = [spec.name for spec in STACK.images if recorded.image(spec.name) is None]
+    if missing:
+        raise UserError(
+            f"the build record of {name} lacks {', '.join(missing)}: a release pushes the whole "
+            "stack; run `invoke build` (without --image) first"
+        )
     return recorded
+
+
+def _image_exists(client, ref: str) -> bool:
+    """Whether the engine has ``ref``; UserError if the engine cannot say."""
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.APIError as exc:
+        raise UserError(f"the Docker engine could not look up {ref}: {exc.explanation}") from None
+    return True
 
 
 def push(
@@ -188,6 +205,14 @@ def push(
     pairs = push_mod.targets(the_plan, registry=registry, namespace=remote_ns)
     if dry_run:
         push_mod.credentials()  # checks the variables without showing them
+        client = engine.connect()
+        missing = [local for local, _ in pairs if not _image_exists(client, local)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise UserError(
+                f"not built here: {', '.join(missing[:3])}{more}: run `invoke build` (with the "
+                "same --profile and --image), or push only what was built with --image"
+            )
         for local, remote in pairs:
             ui.console.print(f"would push {local} as {remote}", markup=False, soft_wrap=True)
         return []
@@ -222,12 +247,18 @@ def _is_test_ref(ref: str) -> bool:
     )
 
 
-def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
+def clean(
+    *, dry_run: bool = False, profile: str | None = None, include_bases: bool = False
+) -> list[str]:
     """Remove the images this project built (all profiles, or one): their tags, and the
     untagged (dangling) images carrying the project's labels (``io.kilosort-docker.*``: old
     builds, build stages). Images of the test suite's namespaces are left to the suite
     (:data:`TEST_NAMESPACE_PREFIX`), tagged or not (an untagged one built on a test image).
+    The Debian and Python bases ``invoke bases`` made are kept, and named, unless
+    ``include_bases`` (then ``build/bases.json`` goes too).
     Returns the tags and image IDs removed (or, with ``dry_run``, that would be)."""
+    from kilosort_docker.images import bases as bases_mod
+
     client = engine.connect()
     filters = {"label": [f"{LABEL_PREFIX}.image"]}
     if profile:
@@ -239,6 +270,23 @@ def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
     for image in client.api.images(filters=filters):
         refs = [r for r in image.get("RepoTags") or [] if r != "<none>:<none>"]
         targets += [ref for ref in refs if not _is_test_ref(ref)]
+    base_refs = [
+        ref
+        for image in client.api.images(filters={"label": [bases_mod.BASE_LABEL]})
+        # the stack's images inherit the label from their base: theirs were listed above
+        if f"{LABEL_PREFIX}.image" not in (image.get("Labels") or {})
+        for ref in image.get("RepoTags") or []
+        if ref != "<none>:<none>" and not _is_test_ref(ref)
+    ]
+    if include_bases:
+        targets += base_refs
+    elif base_refs:
+        ui.console.print(
+            f"keeping the bases `invoke bases` made: {', '.join(base_refs)} (--bases removes "
+            "them too)",
+            markup=False,
+            soft_wrap=True,
+        )
     for image in client.api.images(filters={"dangling": True}):
         labels = image.get("Labels") or {}
         if not any(key.startswith(f"{LABEL_PREFIX}.") for key in labels):
@@ -262,6 +310,13 @@ def clean(*, dry_run: bool = False, profile: str | None = None) -> list[str]:
                 continue
             ui.console.print(f"removed {target}", markup=False, soft_wrap=True)
         removed.append(target)
+    record = bases_mod.record_path()
+    if include_bases and record.is_file():
+        if dry_run:
+            ui.console.print(f"would remove {record}", markup=False, soft_wrap=True)
+        else:
+            record.unlink()
+            ui.console.print(f"removed {record}", markup=False, soft_wrap=True)
     if not removed:
         ui.console.print("no images of this project to remove")
     return removed
@@ -323,7 +378,10 @@ def verify_mex(
     compute_capability: str | None = None,
 ) -> bool:
     """Check committed mex binaries against their manifest; with a compute capability, say
-    how each runs there (SASS, PTX JIT, or not at all). Returns True if all is well."""
+    how each runs there (SASS, PTX JIT, or not at all). Returns True if all is well.
+    Raises UserError for a malformed compute capability before looking for binaries."""
+    if compute_capability:
+        mex.parse_compute_capability(compute_capability)
     if folder:
         target = Path(folder)
     else:

@@ -49,8 +49,8 @@ def image_exists(client: docker.DockerClient, ref: str) -> bool:
 def ensure_base(client: docker.DockerClient, ref: str, *, hint: str) -> None:
     """Make sure base image ``ref`` is present, pulling it if needed.
 
-    ``hint`` names the flag that overrides this base. Raises UserError if it can be neither
-    found nor pulled.
+    ``hint`` names the flag that overrides this base, or says how to make it again. Raises
+    UserError if it can be neither found nor pulled.
     """
     if image_exists(client, ref):
         return
@@ -65,7 +65,7 @@ def ensure_base(client: docker.DockerClient, ref: str, *, hint: str) -> None:
         reason = " ".join(reason.replace('"', "").split())[:300]
         raise UserError(
             f"base image {ref} is not present and cannot be pulled ({reason}): "
-            f"`docker pull` or load it, or use a mirror with {hint}"
+            f"`docker pull` or load it, or {hint}"
         ) from None
     if not image_exists(client, ref):
-        raise UserError(f"base image {ref} is still missing after a pull: use {hint}")
+        raise UserError(f"base image {ref} is still missing after a pull: {hint}")

@@ -224,6 +224,7 @@ def resolve_license(value: str | None = None) -> License:
         UserError: neither is set; the value is no form FlexLM accepts; a file or a folder's
             ``.lic`` file cannot be read; a folder holds no ``.lic`` file.
     """
+    source = "--license" if value else "MLM_LICENSE_FILE"
     value = value or os.environ.get("MLM_LICENSE_FILE") or ""
     value = value.strip()
     if not value:
@@ -246,8 +247,8 @@ def resolve_license(value: str | None = None) -> License:
     if "@" in value or ":" in value or "," in value:
         raise UserError(_BAD_FORM)
     raise UserError(
-        "the license file MLM_LICENSE_FILE names does not exist: give an existing license "
-        "file, a folder of .lic files, or a server as port@host"
+        f"the license file {source} names ({path.name}) does not exist: give an existing "
+        "license file, a folder of .lic files, or a server as port@host"
     )
 
 
@@ -337,13 +338,21 @@ def needs_forward_compatibility(gpu: str | None, release_max: str | None) -> boo
 
 
 def image_profile(client, image: str):
-    """The release profile of ``image`` (its ``io.kilosort-docker.profile`` label), or None."""
+    """The release profile of ``image`` (its ``io.kilosort-docker.profile`` label), or None
+    when the image is not on the engine or carries no known profile.
+
+    Raises UserError when the engine cannot answer (not an absent image: an error)."""
+    import docker.errors
+
     from kilosort_docker.images.profiles import PROFILES
 
     try:
         labels = client.images.get(image).labels or {}
-    except Exception:  # no such image, or a client without images: nothing to decide on
-        return None
+    except docker.errors.ImageNotFound:
+        return None  # the run itself says the image is missing, in its own words
+    except docker.errors.DockerException as exc:
+        reason = getattr(exc, "explanation", None) or str(exc)
+        raise UserError(f"the Docker engine could not inspect {image}: {reason}") from None
     return PROFILES.get(labels.get(PROFILE_LABEL, ""))
 
 

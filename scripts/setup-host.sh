@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a Debian/Ubuntu host for kilosort-docker: Docker Engine (started if not running),
-# Debian's registry, debootstrap and tini (used by the tests), git, and this package with its tools.
+# Debian's registry, debootstrap and tini (used by the tests), SLURM, munge and podman (the batch
+# tests start their own daemons), git, and this package with its tools.
 # Run as root. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,10 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v tini-static >/dev/null || need+=(tini)
 command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc)
+# the batch tests: a one-node SLURM cluster (started by the tests, not here) and podman
+command -v slurmctld >/dev/null || need+=(slurm-wlm)
+command -v munged >/dev/null || need+=(munge)
+command -v podman >/dev/null || need+=(podman)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

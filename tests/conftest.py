@@ -252,3 +252,22 @@ def shared_mirrors() -> dict[str, Path]:
             pytest.fail(f"{reason} (KILOSORT_DOCKER_REQUIRE_MIRRORS=1)")
         pytest.skip(reason)
     return found
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM cluster on this host (:func:`tests.support.slurm.cluster`): munged,
+    slurmctld and slurmd started here, stopped by pid after the session; ``SLURM_CONF`` set
+    while it runs. Missing programs or a non-root user: a skip naming the reason (a failure
+    under ``KILOSORT_DOCKER_REQUIRE_DOCKER=1``)."""
+    from tests.support import slurm
+
+    missing = slurm.missing_programs()
+    if missing:
+        _missing(
+            f"{', '.join(missing)} not on PATH (scripts/setup-host.sh installs slurm-wlm, munge)"
+        )
+    if os.getuid() != 0:
+        _missing("the one-node SLURM cluster runs munged, slurmctld and slurmd as root")
+    with slurm.cluster() as cluster:
+        yield cluster

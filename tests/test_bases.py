@@ -307,7 +307,7 @@ def test_execute_skips_the_images_of_a_missing_base_and_builds_the_rest(monkeypa
 
     def ensure_base(client, ref, *, hint):
         if ref == "lab/matlab:none":
-            raise UserError(f"base image {ref} is missing: use {hint}")
+            raise UserError(f"base image {ref} is missing: {hint}")
 
     built: list[str] = []
     monkeypatch.setattr(build_mod.engine, "ensure_base", ensure_base)
@@ -326,10 +326,90 @@ def test_execute_skips_the_images_of_a_missing_base_and_builds_the_rest(monkeypa
     assert caught.value.skipped == ["matlab-toolboxes", "kilosort3-code", "kilosort3"]
     assert str(caught.value) == (
         "built kilosort4 but skipped matlab-toolboxes, kilosort3-code, kilosort3: "
-        "base image lab/matlab:none is missing: use --base-image"
+        "base image lab/matlab:none is missing: use a mirror with --base-image"
     )
     # Every root's base missing: nothing can be built, the base's own error as before.
     only_matlab = commands.make_plan(base_image="lab/matlab:none", image=["kilosort3"])
     with pytest.raises(UserError, match="^base image lab/matlab:none is missing") as caught:
         build_mod.execute(only_matlab, client)
     assert not isinstance(caught.value, build_mod.SkippedImages)
+
+
+def test_a_failure_after_skipped_images_still_names_them(monkeypatch) -> None:
+    """kilosort4 fails to build after the MATLAB chain was skipped: the one line says both."""
+    import contextlib
+
+    from kilosort_docker import commands
+    from kilosort_docker.images import build as build_mod
+
+    plan = commands.make_plan(base_image="lab/matlab:none", namespace="lab")
+
+    def ensure_base(client, ref, *, hint):
+        if ref == "lab/matlab:none":
+            raise UserError(f"base image {ref} is missing: {hint}")
+
+    def run_build(client, step, *args, **kwargs):
+        raise UserError(f"building {step.spec.name} failed: pip could not reach the index")
+
+    monkeypatch.setattr(build_mod.engine, "ensure_base", ensure_base)
+    monkeypatch.setattr(
+        build_mod, "staged_context", lambda step, plan: contextlib.nullcontext((None, {}))
+    )
+    monkeypatch.setattr(build_mod, "_run_build", run_build)
+    with pytest.raises(UserError) as caught:
+        build_mod.execute(plan, object())
+    assert str(caught.value) == (
+        "building kilosort4 failed: pip could not reach the index (also skipped "
+        "matlab-toolboxes, kilosort3-code, kilosort3: base image lab/matlab:none is missing: "
+        "use a mirror with --base-image)"
+    )
+
+
+def test_a_recorded_python_base_that_is_gone_says_run_invoke_bases(tmp_path, monkeypatch) -> None:
+    """`invoke bases` recorded a base that was deleted since: the fix is to make it again."""
+    from kilosort_docker import commands
+    from kilosort_docker.images import build as build_mod
+
+    record = tmp_path / "bases.json"
+    record.write_text(json.dumps({"python_base": "lab/python-base:3.11-bookworm"}))
+    monkeypatch.setattr(bases, "record_path", lambda folder=None: record)
+    hints: dict[str, str] = {}
+
+    def ensure_base(client, ref, *, hint):
+        hints[ref] = hint
+        raise UserError(f"base image {ref} is missing: {hint}")
+
+    monkeypatch.setattr(build_mod.engine, "ensure_base", ensure_base)
+    plan = commands.make_plan(
+        image=["kilosort4"], python_base="lab/python-base:3.11-bookworm", namespace="lab"
+    )
+    with pytest.raises(UserError, match=r"run `invoke bases` again \(\S*bases.json names it\)"):
+        build_mod.execute(plan, object())
+    plan = commands.make_plan(image=["kilosort4"], python_base="lab/other:1", namespace="lab")
+    with pytest.raises(UserError, match="use a mirror with --python-base$"):
+        build_mod.execute(plan, object())
+
+
+def test_the_bases_carry_the_label_clean_finds_them_by(tmp_path, monkeypatch) -> None:
+    """The Debian import and the Python base build both label their image
+    ``io.kilosort-docker.base`` (what ``invoke clean --bases`` looks for)."""
+    calls: dict[str, dict] = {}
+
+    class API:
+        def import_image(self, **kwargs):
+            calls["import"] = kwargs
+            return json.dumps({"status": "sha256:" + "1" * 64})
+
+        def build(self, **kwargs):
+            calls["build"] = kwargs
+            return iter([{"aux": {"ID": "sha256:" + "2" * 64}}])
+
+    monkeypatch.setattr(bases.build_mod, "tag_all", lambda client, image_id, refs: None)
+    client = type("Client", (), {"api": API()})()
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    plan = bases.plan_bases(namespace="lab")
+    bases.import_rootfs(client, rootfs, plan.debian_ref)
+    bases.build_python_base(client, plan, on_line=lambda line: None)
+    assert calls["import"]["changes"] == [f"LABEL {bases.BASE_LABEL}=debian"]
+    assert calls["build"]["labels"][bases.BASE_LABEL] == "python-base"

@@ -107,7 +107,8 @@ def test_check_images_task_reports_a_table(kilosort4_image):
         cwd=support.TESTS.parent, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("non-root", "kilosort4-versions", "no-secrets", "size-budget"):
+    names = ("non-root", "kilosort4-versions", "spikeinterface", "no-secrets")
+    for check in (*names, "size-budget"):
         assert check in result.stdout
     assert "FAIL" not in result.stdout
 

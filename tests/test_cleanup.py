@@ -161,7 +161,7 @@ def test_clean_leaves_test_images_and_finds_untagged_labelled_ones(
 ):
     """``invoke clean --dry-run`` on the real engine: an untagged image with the project's
     labels is listed, an image in a test namespace is not (a running test suite owns it)."""
-    assert commands.TEST_NAMESPACE_PREFIX == support.NAMESPACE
+    assert support.NAMESPACE.startswith(commands.TEST_NAMESPACE_PREFIX)
     name = uuid.uuid4().hex[:8]
     (tmp_path / "Dockerfile").write_text(
         f"FROM {support.DEBIAN_IMAGE}\nLABEL io.kilosort-docker.image=cleanup-{name}\n"
@@ -259,3 +259,37 @@ def test_run_log_sees_an_overlapping_run(tmp_path):
     late = leftovers.RunLog(path)
     late.start()
     assert late.others() == []  # mine ended before it began
+
+
+@pytest.mark.docker
+def test_clean_keeps_the_bases_unless_asked(docker_client, debian_base, tmp_path, capsys):
+    """The bases `invoke bases` made are named and kept; ``--bases`` lists them for removal.
+    An image of the stack inherits the base's label, and is not taken for a base."""
+    from kilosort_docker.images import bases
+
+    name = uuid.uuid4().hex[:8]
+    base_ref = f"clean-bases-{name}/python-base:3.11"
+    child_ref = f"clean-bases-{name}/kilosort4:x"
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "Dockerfile").write_text(
+        f"FROM {support.DEBIAN_IMAGE}\nLABEL {bases.BASE_LABEL}=python-base\n"
+    )
+    (tmp_path / "child").mkdir()
+    (tmp_path / "child" / "Dockerfile").write_text(
+        f"FROM {base_ref}\nLABEL io.kilosort-docker.image=kilosort4-{name}\n"
+    )
+    with leftovers.TRACKER.recording() as made:
+        support.build_dockerfile(docker_client, tmp_path / "base", base_ref, buildargs={})
+        support.build_dockerfile(docker_client, tmp_path / "child", child_ref, buildargs={})
+    try:
+        capsys.readouterr()
+        kept = commands.clean(dry_run=True)
+        out = capsys.readouterr().out
+        assert child_ref in kept and base_ref not in kept
+        assert "keeping the bases `invoke bases` made:" in out and base_ref in out
+        assert child_ref not in out.split("keeping the bases", 1)[1].split("\n", 1)[0]
+        assert base_ref in commands.clean(dry_run=True, include_bases=True)
+    finally:
+        docker_client.api.remove_image(child_ref)
+        docker_client.api.remove_image(base_ref)
+        leftovers.remove(docker_client, made)

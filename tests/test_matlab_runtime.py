@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,24 @@ def test_forward_compatibility_reaches_matlab_with_a_writable_cache(
             with contextlib.suppress(Exception):
                 docker_client.volumes.get(matlab.CUDA_CACHE_VOLUME).remove(force=True)
     assert leftovers(docker_client, image) == []
+
+
+def test_image_profile_tells_an_absent_image_from_an_engine_error() -> None:
+    import docker.errors
+
+    from kilosort_docker.errors import UserError
+
+    def client(get):
+        return types.SimpleNamespace(images=types.SimpleNamespace(get=get))
+
+    def absent(ref):
+        raise docker.errors.ImageNotFound(f"No such image: {ref}")
+
+    def broken(ref):
+        raise docker.errors.APIError("500 Server Error", explanation="layer store is corrupt")
+
+    labelled = types.SimpleNamespace(labels={matlab.PROFILE_LABEL: "r2022b"})
+    assert matlab.image_profile(client(lambda ref: labelled), "ks3:x").name == "r2022b"
+    assert matlab.image_profile(client(absent), "ks3:x") is None
+    with pytest.raises(UserError, match="could not inspect ks3:x: layer store is corrupt"):
+        matlab.image_profile(client(broken), "ks3:x")

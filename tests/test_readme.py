@@ -43,6 +43,7 @@ NOT_RUN_PREFIX = {
     "sudo chown": "hands back files a container wrote as uid 1000 (root, after a docker run)",
     "git add": "stages a report or mex binaries made on a licensed GPU machine",
     "git commit": "commits to this repository",
+    "apptainer build": "Apptainer is not packaged for Debian 12: not run in CI",
     "python -m kilosort_docker.groundtruth": "sorts in the kilosort4 image on the Docker engine "
     "(tests/test_groundtruth_container.py runs that route)",
 }
@@ -53,7 +54,7 @@ TASKS = {
     "build": (DRY_RUN, ""),
     "bases": (DRY_RUN, ""),
     "build-mex": (DRY_RUN, ""),
-    "push": (DRY_RUN, ""),
+    "push": (HELP, "its dry run checks that the images to push exist on the Docker engine"),
     "acceptance": (DRY_RUN, ""),
     "bump": (DRY_RUN, ""),
     "release": (DRY_RUN, ""),
@@ -64,6 +65,10 @@ TASKS = {
     "check-images": (HELP, "checks built images inside containers on the Docker engine"),
     "check-gpu": (HELP, "needs a MATLAB license and an NVIDIA GPU; it has nothing to dry-run"),
     "verify-mex": (HELP, "needs mex binaries; none are committed until a maintainer builds them"),
+    "sort": (HELP, "its dry run reads the recording and probe files README's examples only name"),
+    "sort-batch": (HELP, "submits to a SLURM cluster; its dry run needs sbatch and the recordings"),
+    "batch-status": (HELP, "reads a submitted batch and asks SLURM (tests/test_batch_slurm.py)"),
+    "podman-load": (HELP, "copies an image from the Docker engine into podman"),
 }
 #: Tasks that query upstream: pointed at the fake GitHub/PyPI on 127.0.0.1.
 UPSTREAM_TASKS = ("bump", "upstream")

@@ -96,8 +96,11 @@ def test_license_forms(monkeypatch, tmp_path):
     assert resolve_license(str(lic)).kind == "file"
     monkeypatch.setenv("MLM_LICENSE_FILE", "1234@host")
     assert resolve_license().server == ("host", 1234)
-    with pytest.raises(UserError, match="license file MLM_LICENSE_FILE names does not exist"):
+    with pytest.raises(UserError, match=r"license file --license names \(missing.lic\) does not"):
         resolve_license(str(tmp_path / "missing.lic"))
+    monkeypatch.setenv("MLM_LICENSE_FILE", str(tmp_path / "gone.lic"))
+    with pytest.raises(UserError, match=r"license file MLM_LICENSE_FILE names \(gone.lic\) does"):
+        resolve_license()
 
 
 def test_license_never_in_repr():
@@ -325,22 +328,17 @@ def test_host_mode_needs_no_docker_sdk():
 
 
 def test_ks4_entry_arguments_and_deterministic_settings(monkeypatch):
+    import os
+
     from kilosort_docker.groundtruth.sorters import ks4_entry
 
-    assert ks4_entry.parse_args(["d", "o"]) == ("d", "o", "auto", "off")
-    assert ks4_entry.parse_args(["d", "o", "cuda", "--deterministic"]) == (
-        "d",
-        "o",
-        "cuda",
-        "strict",
-    )
-    assert ks4_entry.parse_args(["--deterministic=warn", "d", "o"]) == ("d", "o", "auto", "warn")
-    for bad in (
-        ["d"],
-        ["d", "o", "tpu"],
-        ["d", "o", "--deterministic=maybe"],
-        ["a", "b", "c", "d"],
-    ):
+    rec = os.path.join("d", "recording.bin")
+    assert ks4_entry.parse_args(["d", "o"]) == ("d", "o", "auto", rec, "off")
+    got = ks4_entry.parse_args(["d", "o", "cuda", "--deterministic"])
+    assert got == ("d", "o", "cuda", rec, "strict")
+    got = ks4_entry.parse_args(["--deterministic=warn", "d", "o", "cpu", "x.bin"])
+    assert got == ("d", "o", "cpu", "x.bin", "warn")
+    for bad in (["d"], ["d", "o", "tpu"], ["d", "o", "--deterministic=maybe"], list("abcde")):
         assert ks4_entry.parse_args(bad) is None
     torch = pytest.importorskip("torch")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)

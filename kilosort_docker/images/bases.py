@@ -177,6 +177,11 @@ def debootstrap(plan: BasesPlan, rootfs: Path, *, on_line: Callable[[str], None]
         )
 
 
+#: The label of the images ``invoke bases`` makes (``debian``, ``python-base``): ``invoke clean
+#: --bases`` finds them by it.
+BASE_LABEL = f"{LABEL_PREFIX}.base"
+
+
 def import_rootfs(client: docker.DockerClient, rootfs: Path, ref: str) -> str:
     """Import the folder ``rootfs`` as image ``ref`` (untagged until the import is complete);
     returns its image ID."""
@@ -186,7 +191,7 @@ def import_rootfs(client: docker.DockerClient, rootfs: Path, ref: str) -> str:
             ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."],
             check=True,
         )
-        answer = client.api.import_image(src=str(archive))
+        answer = client.api.import_image(src=str(archive), changes=[f"LABEL {BASE_LABEL}=debian"])
     image_id = None
     for line in str(answer).splitlines():
         try:
@@ -214,6 +219,7 @@ def build_python_base(
         labels={
             "org.opencontainers.image.base.name": plan.debian_ref,
             f"{LABEL_PREFIX}.debian-suite": plan.suite,
+            BASE_LABEL: "python-base",
         },
         nocache=plan.force,
         rm=True,

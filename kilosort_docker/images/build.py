@@ -144,11 +144,30 @@ def _run_build(
             where = f" at {current[:120]}" if current else ""
             raise UserError(
                 f"building {step.spec.name} failed{where}: {detail[:300]} "
-                "(fix that step; the build log is above)"
+                f"({failure_hint(events.log_lines)})"
             )
     if image_id is None:
         raise UserError(f"building {step.spec.name} ended without an image: rerun with --no-cache")
     return image_id
+
+
+#: What pip, curl, apt and git print when a TLS-inspecting proxy's certificate is not trusted.
+_TLS_FAILURE = re.compile(
+    r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSL certificate problem|"
+    r"server certificate verification failed|self[- ]signed certificate in certificate chain",
+    re.IGNORECASE,
+)
+
+
+def failure_hint(log_lines: list[str]) -> str:
+    """What to do about a failed build, judged from its log: a TLS failure (a proxy that
+    re-signs HTTPS) needs ``--ca-bundle``; anything else, the step the log shows."""
+    if any(_TLS_FAILURE.search(line) for line in log_lines[-200:]):
+        return (
+            "a TLS certificate was not trusted: behind a TLS-inspecting proxy pass its CA with "
+            "--ca-bundle FILE.pem (or the site setting kilosort_docker.ca_bundle)"
+        )
+    return "fix that step; the build log is above"
 
 
 def tag_all(client: docker.DockerClient, image_id: str, refs: list[str]) -> None:
@@ -203,6 +222,11 @@ class SkippedImages(UserError):
         self.skipped = skipped
 
 
+def _reasons(skipped: dict[str, str]) -> str:
+    """The distinct reasons images were skipped, in order, joined."""
+    return "; ".join(dict.fromkeys(skipped.values()))
+
+
 def preflight(client: docker.DockerClient, plan: BuildPlan) -> dict[str, str]:
     """Check each root image's base is present (pulling it if needed) before building.
 
@@ -212,9 +236,16 @@ def preflight(client: docker.DockerClient, plan: BuildPlan) -> dict[str, str]:
     missing: dict[str, str] = {}
     first: UserError | None = None
     roots = [step for step in plan.steps if step.spec.parent is None]
+    from kilosort_docker.images import bases  # it imports this module
+
+    recorded = bases.recorded_python_base()
     for step in roots:
+        if recorded is not None and step.base_image == recorded:
+            hint = f"run `invoke bases` again ({bases.record_path()} names it)"
+        else:
+            hint = f"use a mirror with {step.spec.base.flag}"
         try:
-            engine.ensure_base(client, step.base_image, hint=step.spec.base.flag)
+            engine.ensure_base(client, step.base_image, hint=hint)
         except UserError as exc:
             missing[step.spec.name] = str(exc)
             first = first or exc
@@ -247,10 +278,17 @@ def execute(
             continue
         events.on_start(step, index)
         started = time.monotonic()
-        with staged_context(step, plan) as (context, buildargs):
-            image_id = _run_build(
-                client, step, context, buildargs, no_cache=plan.options.no_cache, events=events
-            )
+        try:
+            with staged_context(step, plan) as (context, buildargs):
+                image_id = _run_build(
+                    client, step, context, buildargs, no_cache=plan.options.no_cache, events=events
+                )
+        except UserError as exc:
+            if not skipped:
+                raise
+            raise UserError(
+                f"{exc} (also skipped {', '.join(skipped)}: {_reasons(skipped)})"
+            ) from None
         tag_all(client, image_id, step.refs)
         image = client.images.get(image_id)
         built = BuiltImage(
@@ -263,7 +301,7 @@ def execute(
         events.on_done(built)
         results.append(built)
     if skipped:
-        reasons = "; ".join(dict.fromkeys(skipped.values()))
+        reasons = _reasons(skipped)
         done = ", ".join(b.step.spec.name for b in results) or "nothing"
         raise SkippedImages(
             f"built {done} but skipped {', '.join(skipped)}: {reasons}",

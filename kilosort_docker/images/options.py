@@ -10,10 +10,12 @@ in the environment), so a site writes its mirrors once instead of on every comma
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import references
@@ -248,9 +250,30 @@ class BuildOptions:
                 f"CA bundle {self.ca_bundle} is not a file: pass a PEM file (--ca-bundle, or the "
                 "site setting kilosort_docker.ca_bundle)"
             )
-        if self.ca_bundle and "PRIVATE KEY" in self.ca_bundle.read_text(errors="replace"):
+        if self.ca_bundle:
+            text = self.ca_bundle.read_text(errors="replace")
+            if "PRIVATE KEY" in text:
+                raise UserError(
+                    f"{self.ca_bundle} holds a private key: pass only public CA certificates"
+                )
+            if PEM_CERTIFICATE not in text:
+                raise UserError(
+                    f"CA bundle {self.ca_bundle} holds no PEM certificate ({PEM_CERTIFICATE} "
+                    "lines): pass the PEM file of your proxy's CA (convert DER with openssl x509)"
+                )
+        for value, flag in (
+            (self.kilosort_repository, "--kilosort-repo"),
+            (self.npy_matlab_repository, "--npy-matlab-repo"),
+        ):
+            if value and not is_remote(value) and not Path(value).expanduser().is_dir():
+                raise UserError(
+                    f"{flag} {value}: no such folder; pass a git repository folder or a URL "
+                    "(https://, ssh://, git@host:path, file://)"
+                )
+        if self.mpm_url and urlsplit(self.mpm_url).scheme not in ("http", "https"):
             raise UserError(
-                f"{self.ca_bundle} holds a private key: pass only public CA certificates"
+                f"--mpm-url {self.mpm_url}: Docker's ADD fetches only http:// and https:// URLs; "
+                "serve MPM over http(s) (e.g. python -m http.server --bind 127.0.0.1)"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +302,20 @@ def _coerce(spec: dataclasses.Field, value: Any) -> Any:
     if spec.metadata["repeatable"]:
         return tuple(value)
     return value
+
+
+#: What begins every certificate in a PEM file (RFC 7468, section 5).
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+#: URL schemes git fetches from, besides scp-like ``user@host:path`` (git-clone(1), GIT URLS).
+GIT_SCHEMES = ("http", "https", "ssh", "git", "file", "ftp", "ftps")
+
+
+def is_remote(repository: str) -> bool:
+    """Whether ``repository`` is a URL git fetches (``https://...``, ``git@host:path``) rather
+    than a local folder."""
+    if urlsplit(repository).scheme in GIT_SCHEMES:
+        return True
+    return re.fullmatch(r"[\w.-]+@[\w.-]+:.*", repository) is not None
 
 
 def flag_name(spec: dataclasses.Field) -> str:

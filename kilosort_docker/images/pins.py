@@ -80,6 +80,7 @@ class Pins:
     npy_matlab: GitPin
     kilosort4_version: str
     torch_version: str
+    spikeinterface_version: str
     python_base_image: str
     namespace: str
     source_url: str
@@ -212,6 +213,9 @@ def load_pins(config_file: Path | None = None, version_file: Path | None = None)
             ),
             kilosort4_version=canonical_version(ks4["version"], f"{name} [kilosort4] version"),
             torch_version=canonical_version(ks4["torch"], f"{name} [kilosort4] torch"),
+            spikeinterface_version=canonical_version(
+                ks4["spikeinterface"], f"{name} [kilosort4] spikeinterface"
+            ),
             python_base_image=references.check_reference(
                 ks4["python_base_image"],
                 what=f"{name} [kilosort4] python_base_image",

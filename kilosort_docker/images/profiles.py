@@ -12,6 +12,7 @@ module, whose comments name their sources (MathWorks' GPU computing requirements
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -136,6 +137,10 @@ def get_profile(
             f"unknown profile {name!r}: choose one of {known} (`invoke profiles` lists them)"
         )
     profile = PROFILES[key]
+    if cuda is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
+        raise UserError(
+            f"--cuda {cuda!r} is not a CUDA version: write it as X.Y, e.g. --cuda {profile.cuda}"
+        )
     if cuda is not None and cuda != profile.cuda:
         if not allow_cuda_mismatch:
             raise UserError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +76,15 @@ def targets(
     return pairs
 
 
+#: How the engine words a registry it could not talk to (dial errors, DNS, TLS to plain http):
+#: not a refusal by the registry.
+_UNREACHABLE = re.compile(
+    r"connection refused|no such host|i/o timeout|network is unreachable|"
+    r"server gave HTTP response to HTTPS client|dial tcp",
+    re.IGNORECASE,
+)
+
+
 def push_ref(
     client: docker.DockerClient,
     ref: str,
@@ -91,8 +101,15 @@ def push_ref(
             on_event(event)
             if "error" in event:
                 detail = event.get("errorDetail", {}).get("message") or event["error"]
+                detail = _scrub(" ".join(detail.split()), auth)[:300]
+                if _UNREACHABLE.search(detail):
+                    raise UserError(
+                        f"the registry for {ref} could not be reached: {detail} (check "
+                        "--registry's host and port, that the registry runs, and for plain "
+                        "http the engine's insecure-registries)"
+                    )
                 raise UserError(
-                    f"the registry refused {ref}: {_scrub(' '.join(detail.split()), auth)[:300]} "
+                    f"the registry refused {ref}: {detail} "
                     "(check the registry address, that it accepts pushes, and your login)"
                 )
             aux = event.get("aux")

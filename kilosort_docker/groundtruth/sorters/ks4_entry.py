@@ -1,11 +1,12 @@
-"""Run Kilosort 4 on a simulation folder:
-``python ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu] [--deterministic[=strict|warn]]``.
+"""Run Kilosort 4 on a folder of inputs:
+``python ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]] [--deterministic[=strict|warn]]``.
 
 Self-contained on purpose (standard library, numpy, torch and kilosort only): the host runner
 imports it, and the container runner sends its source to ``python -c`` inside the
-``kilosort4`` image, which does not have this package. Reads ``ks4_settings.json``,
-``ks4_probe.json`` and ``recording.bin`` from DATA_DIR, writes phy files and ``ks_run.json``
-(device, seconds, versions) into OUT_DIR.
+``kilosort4`` image, which does not have this package. Reads ``ks4_settings.json`` and
+``ks4_probe.json`` from DATA_DIR, and the int16 binary BINARY (default DATA_DIR/recording.bin,
+as a simulation folder holds it), writes phy files and ``ks_run.json`` (device, seconds,
+versions) into OUT_DIR.
 
 Exit status: 0 sorted; 2 usage, or a recording Kilosort 4 cannot sort (too short: see
 :func:`min_samples`); 3 CUDA asked for but absent; 4 Kilosort 4 raised an exception
@@ -72,8 +73,9 @@ def deterministic_settings(mode):
 
 
 def parse_args(args):
-    """``(data_dir, out_dir, device, deterministic)`` from the argument list, or None when it
-    is not ``DATA_DIR OUT_DIR [auto|cuda|cpu] [--deterministic[=strict|warn]]``."""
+    """``(data_dir, out_dir, device, binary, deterministic)`` from the argument list, or None
+    when it is not ``DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]] [--deterministic[=strict|warn]]``
+    (BINARY defaults to ``DATA_DIR/recording.bin``)."""
     mode = "off"
     rest = []
     for arg in args:
@@ -85,12 +87,13 @@ def parse_args(args):
                 return None
         else:
             rest.append(arg)
-    if len(rest) not in (2, 3):
+    if len(rest) not in (2, 3, 4):
         return None
-    device = rest[2] if len(rest) == 3 else "auto"
+    device = rest[2] if len(rest) >= 3 else "auto"
     if device not in ("auto", "cuda", "cpu"):
         return None
-    return rest[0], rest[1], device, mode
+    binary = rest[3] if len(rest) == 4 else os.path.join(rest[0], "recording.bin")
+    return rest[0], rest[1], device, binary, mode
 
 
 def min_samples(batch_size=KS4_BATCH_SIZE, nt=KS4_NT):
@@ -159,10 +162,11 @@ def main(argv=None):
     parsed = parse_args(list(sys.argv[1:] if argv is None else argv))
     if parsed is None:
         sys.stderr.write(
-            "usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu] [--deterministic[=strict|warn]]\n"
+            "usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]] "
+            "[--deterministic[=strict|warn]]\n"
         )
         return EXIT_USAGE
-    data_dir, out_dir, want, mode = parsed
+    data_dir, out_dir, want, binary, mode = parsed
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
@@ -174,7 +178,6 @@ def main(argv=None):
         settings = json.load(f)
     with open(os.path.join(data_dir, "ks4_probe.json")) as f:
         raw = json.load(f)
-    binary = os.path.join(data_dir, "recording.bin")
     n_samples = os.path.getsize(binary) // (2 * int(settings["n_chan_bin"]))
     need = min_samples(settings.get("batch_size", KS4_BATCH_SIZE), settings.get("nt", KS4_NT))
     if n_samples < need:

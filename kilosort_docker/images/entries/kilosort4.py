@@ -1,5 +1,11 @@
 """``kilosort4``: Kilosort 4 (Python, PyTorch) from PyPI on a Python base, for GPU or CPU.
 
+It also carries SpikeInterface (core, no extras) at the pinned version, the one the host's
+``groundtruth`` extra pins: SpikeInterface's container runner (``run_sorter(..., docker_image=
+...)``, SpikeInterface 0.105 ``sorters/runsorter.py``) loads the recording and runs
+``run_sorter_local`` inside the image, and would otherwise pip install SpikeInterface from
+GitHub at run time (or fail with ``installation_mode="no-install"``).
+
 No license is needed to build or run it. Wheels from ``--wheelhouse`` (e.g. a CPU-only torch)
 and a CA bundle for pip (a TLS-inspecting proxy) are staged into the context when given.
 """
@@ -28,6 +34,7 @@ def buildargs(ctx: PlanContext) -> dict[str, str]:
     return {
         "KILOSORT4_VERSION": ctx.pins.kilosort4_version,
         "TORCH_VERSION": ctx.pins.torch_version,
+        "SPIKEINTERFACE_VERSION": ctx.pins.spikeinterface_version,
     }
 
 
@@ -82,16 +89,44 @@ def _kilosort4_versions(target: ImageUnderTest) -> tuple[bool, str]:
     return (not problems, "; ".join(problems) if problems else detail)
 
 
+def _spikeinterface_version(target: ImageUnderTest) -> tuple[bool, str]:
+    # The two imports SpikeInterface's runner tries in the container before it decides to pip
+    # install (SpikeInterface 0.105 sorters/runsorter.py, run_sorter_container), with the
+    # network off as the checks run, and the kilosort4 wrapper it then calls.
+    # And pandas, without which its reader of Kilosort's output (KiloSortSortingExtractor,
+    # extractors/phykilosortextractors.py) fails in the container after the sort.
+    code, out = target.sh(
+        'python -c "import spikeinterface, pandas; from spikeinterface.sorters import '
+        "run_sorter_local, Kilosort4Sorter; print('spikeinterface', spikeinterface.__version__, "
+        'Kilosort4Sorter.is_installed())"'
+    )
+    parts = out.split()
+    if code != 0 or len(parts) < 3 or parts[-3] != "spikeinterface":
+        return False, (
+            f"python cannot import spikeinterface's sorters and pandas: {out.strip()[-200:]}"
+        )
+    found, kilosort_found = parts[-2], parts[-1]
+    pinned = target.pins.spikeinterface_version
+    problems = []
+    if found != pinned:
+        problems.append(f"spikeinterface {found} != pinned {pinned}")
+    if kilosort_found != "True":
+        problems.append("spikeinterface's Kilosort4Sorter does not find kilosort and torch")
+    detail = f"spikeinterface {found} and pandas; its Kilosort4Sorter finds kilosort and torch"
+    return (not problems, "; ".join(problems) if problems else detail)
+
+
 def version(ctx: PlanContext) -> str:
     """The moving tag: the pinned ``kilosort`` version."""
     return ctx.pins.kilosort4_version
 
 
 def labels(ctx: PlanContext) -> dict[str, str]:
-    """The Kilosort and PyTorch versions."""
+    """The Kilosort, PyTorch and SpikeInterface versions."""
     return {
         f"{LABEL_PREFIX}.kilosort.version": ctx.pins.kilosort4_version,
         f"{LABEL_PREFIX}.torch.version": ctx.pins.torch_version,
+        f"{LABEL_PREFIX}.spikeinterface.version": ctx.pins.spikeinterface_version,
     }
 
 
@@ -101,7 +136,7 @@ def size_budget_gb(profile) -> float:
 
 
 NAME = "kilosort4"
-TITLE = "Kilosort 4 (Python, PyTorch) for GPU or CPU; no license needed"
+TITLE = "Kilosort 4 (Python, PyTorch) for GPU or CPU, SpikeInterface-ready; no license needed"
 BASE = ExternalBase(
     label="python image (kilosort-docker.toml: python_base_image)",
     ref=lambda ctx: ctx.options.python_base_image or ctx.pins.python_base_image,
@@ -115,6 +150,11 @@ CHECKS = (
         "kilosort4-versions",
         "Python >= 3.10 with kilosort and torch at the pinned versions",
         _kilosort4_versions,
+    ),
+    ImageCheck(
+        "spikeinterface",
+        "spikeinterface at the pinned version; its container runner's imports work",
+        _spikeinterface_version,
     ),
     checks.NO_SECRETS,
 )
