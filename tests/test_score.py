@@ -232,3 +232,150 @@ def test_no_unit_fires(sim, tmp_path):
     phy = write_phy(tmp_path / "phy", times, labels)
     with pytest.raises(UserError, match="no ground-truth unit fires"):
         scoring.score(folder, phy, figures=False)
+
+
+# --------------------------------------------------------------------------- merge-aware scores
+
+from kilosort_docker.groundtruth import merges  # noqa: E402
+
+
+def test_merge_rule_by_hand():
+    # units x clusters matched counts; cluster sizes
+    counts = np.array(
+        [
+            [90, 10, 0, 40, 5, 85],  # unit 0
+            [20, 80, 0, 40, 0, 85],  # unit 1 (chance coincidences with unit 0's clusters)
+        ]
+    )
+    sizes = np.array([100, 95, 50, 80, 100, 100])
+    # cluster 0: 90 of its 100 spikes match unit 0 -> unit 0 (the 20 chance matches with
+    #   unit 1 do not count against it)
+    # cluster 1: 80/95 = 0.84 match unit 1 -> unit 1
+    # cluster 2: nothing matched -> nobody
+    # cluster 3: 40/80 each -> nobody (mixed)
+    # cluster 4: 5/100 -> nobody (mostly noise)
+    # cluster 5: 85/100 for both (a tie: overlapping units) -> the first, one unit at most
+    assert merges.merge_sets(counts, sizes) == [[0, 5], [1]]
+    # exactly 80 %: merged (the rule says "at least"); 79 %: not
+    assert merges.merge_sets(np.array([[80], [3]]), np.array([100])) == [[0], []]
+    assert merges.merge_sets(np.array([[79], [3]]), np.array([100])) == [[], []]
+    assert merges.merge_sets(np.zeros((0, 3)), np.ones(3)) == []
+    with pytest.raises(ValueError):
+        merges.merge_sets(counts, sizes[:3])
+
+
+def test_union_accuracy_by_hand():
+    gt = np.arange(10) * 1000  # 10 spikes, 1000 samples apart
+    a = gt[:4] + 5  # 4 hits, within delta 12
+    b = np.concatenate([gt[4:7] - 12, [50_000]])  # 3 hits at the edge, 1 false positive
+    dup = gt[:2] + 1  # the same events as a: duplicates, false positives after a merge
+    res = merges.union_accuracy(gt, [a, b], delta=12)
+    assert res["tp"] == 7 and res["n_sorted"] == 8
+    assert res["accuracy"] == pytest.approx(7 / (10 + 8 - 7))
+    assert res["recall"] == pytest.approx(0.7) and res["precision"] == pytest.approx(7 / 8)
+    res = merges.union_accuracy(gt, [a, b, dup], delta=12)
+    assert res["tp"] == 7 and res["accuracy"] == pytest.approx(7 / (10 + 10 - 7))
+    # 13 samples away is outside the window
+    assert merges.union_accuracy(gt, [gt + 13], delta=12)["tp"] == 0
+    assert merges.union_accuracy(gt, [], delta=12)["accuracy"] == 0.0
+
+
+def test_split_unit_is_found_after_merges(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    n = PARAMS.n_units
+    clusters = labels.copy()
+    # unit 0 split three ways by time (as drift does), unit 1 into two halves
+    u0 = np.flatnonzero(labels == 0)
+    thirds = np.array_split(u0, 3)
+    clusters[thirds[1]] = 50
+    clusters[thirds[2]] = 51
+    u1 = np.flatnonzero(labels == 1)
+    clusters[u1[::2]] = 60
+    # a noise cluster (no ground-truth spike near it) is not merged into anyone
+    noise = np.arange(1, 200) * 3001 + 7
+    noise = noise[np.min(np.abs(noise[:, None] - times[None, :]), axis=1) > 50]
+    phy = write_phy(
+        tmp_path / "phy",
+        np.concatenate([times, noise]),
+        np.concatenate([clusters, np.full(noise.size, 99)]),
+    )
+    report = scoring.score(sim.folder, phy, out_dir=tmp_path / "out")
+    rows = {u["unit"]: u for u in report.units}
+    # unit 0's best cluster holds a third of its spikes: an agreement below spikeinterface's
+    # match_score (0.5), so no single cluster matches it
+    assert rows[0]["accuracy"] == 0.0
+    assert rows[0]["merged_accuracy"] == 1.0 and rows[0]["n_split"] == 3
+    assert sorted(rows[0]["merged_clusters"]) == [0, 50, 51]
+    assert rows[1]["n_split"] == 2 and rows[1]["merged_accuracy"] == 1.0
+    assert rows[1]["accuracy"] in (0.0, pytest.approx(0.5, abs=0.01))
+    for u in range(2, n):
+        assert rows[u]["n_split"] == 1 and rows[u]["merged_accuracy"] == rows[u]["accuracy"] == 1.0
+    assert report.n_well_detected == n - 2 and report.n_well_detected_merged == n
+    assert report.n_units_split == 2 and report.median_merged_accuracy == 1.0
+    assert sum(b["n_units"] for b in report.snr_bands) == n
+    assert sum(b["n_units_split"] for b in report.snr_bands) == 2
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["merge_rule"] == merges.MERGE_RULE and saved["n_well_detected_merged"] == n
+    assert "after merges: 5/5 well detected (3 before)" in report.table()
+    assert (tmp_path / "out" / "merges_vs_snr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_merged_score_in_the_verdict_only_when_the_file_says_so(tmp_path):
+    numbers = {
+        "n_gt_units": 10,
+        "n_well_detected": 4,
+        "n_high_snr": 10,
+        "n_well_detected_high_snr": 4,
+        "median_accuracy": 0.5,
+        "n_well_detected_merged": 9,
+        "n_well_detected_high_snr_merged": 9,
+        "median_merged_accuracy": 0.95,
+    }
+    single = scoring.Thresholds("t", "x", 64, 0.8, 0.8, 0.8)
+    assert len(scoring.verdict(numbers, single)) == 3
+    merged = dataclasses_replace(single, score="merged")
+    assert scoring.verdict(numbers, merged) == []
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[[size]]\nname = "s"\napplies_to = "x"\nmax_channels = 64\n'
+        'min_well_detected_fraction = 0.8\nmin_median_accuracy = 0.8\nscore = "merged"\n'
+    )
+    assert scoring.load_thresholds(path, n_channels=16).score == "merged"
+    path.write_text(path.read_text().replace('"merged"', '"best"'))
+    with pytest.raises(UserError, match="score must be one of single, merged"):
+        scoring.load_thresholds(path, n_channels=16)
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_sorters_drift_estimate_against_the_simulated_drift(sim, tmp_path):
+    times, labels = gt_arrays(sim)
+    phy = write_phy(tmp_path / "phy", times, labels)
+    truth = np.array([[0.0, 0.0], [10.0, 10.0], [20.0, -10.0]])
+    np.save(sim.folder.parent / "drift-truth.npy", truth)
+    batch, fs = 60000, 30000.0
+    centres = (np.arange(10) + 0.5) * batch / fs  # 1, 3, ... 19 s
+    # Kilosort's dshift: the opposite sign of the displacement, its own zero (+3 um)
+    dshift = -np.interp(centres, truth[:, 0], truth[:, 1]) + 3.0
+    ops = {"dshift": dshift[:, None], "settings": {"fs": fs, "batch_size": batch, "tmin": 0.0}}
+    np.save(phy / "ops.npy", np.array(ops, dtype=object))
+    est = merges.kilosort4_drift(phy)
+    assert est["t"] == pytest.approx(centres) and est["dshift"] == pytest.approx(dshift)
+    agree = merges.drift_agreement(est, truth)
+    assert agree["correlation"] == pytest.approx(1.0) and agree["slope"] == pytest.approx(1.0)
+    assert agree["residual_rms_um"] == pytest.approx(0.0, abs=1e-9)
+    assert agree["offset_um"] == pytest.approx(-3.0) and agree["n_batches"] == 10
+    # a static truth: no correlation to speak of, the estimate's spread is the residual
+    flat = merges.drift_agreement({"t": centres, "dshift": np.r_[1.0, -1.0].repeat(5)}, truth * 0)
+    assert flat["correlation"] is None and flat["residual_rms_um"] == pytest.approx(1.0)
+    report = scoring.score(sim.folder, phy, out_dir=tmp_path / "out")
+    assert report.drift_estimate["n_batches"] == 10
+    assert "sorter's drift estimate vs simulated" in report.table()
+    # without ops.npy (Kilosort 3, or nblocks = 0) there is no estimate
+    (phy / "ops.npy").unlink()
+    assert merges.kilosort4_drift(phy) is None
+    assert scoring.score(sim.folder, phy, figures=False).drift_estimate is None

@@ -205,6 +205,8 @@ def test_kilosort4_inputs(sim):
         {"drift_period_s": 0},
         {"firing_rates_hz": (8.0, 2.0)},
         {"firing_rates_hz": (0.0, 2.0)},
+        {"unit_distance_um": (20.0, 20.0)},
+        {"unit_distance_um": (-1.0, 20.0)},
     ],
 )
 def test_bad_parameters(kwargs):
@@ -215,3 +217,15 @@ def test_bad_parameters(kwargs):
 def test_params_are_frozen():
     with pytest.raises(AttributeError):
         PARAMS.seed = 1  # type: ignore[misc]
+
+
+def test_units_lie_in_the_asked_distance_range(sim, tmp_path):
+    from kilosort_docker.groundtruth.simulate import DEFAULT_UNIT_DISTANCE_UM
+
+    assert PARAMS.unit_distance_um == DEFAULT_UNIT_DISTANCE_UM == (10.0, 45.0)
+    z = [u["z_um"] for u in json.loads((sim.folder / "gt_units.json").read_text())]
+    assert all(10.0 <= v <= 45.0 for v in z)
+    far = replace(PARAMS, n_units=6, unit_distance_um=(30, 35))
+    assert far.key() != replace(far, unit_distance_um=(5, 45)).key()
+    units = json.loads((simulate(far, tmp_path, n_jobs=1).folder / "gt_units.json").read_text())
+    assert len(units) == 6 and all(30.0 <= u["z_um"] <= 35.0 for u in units)

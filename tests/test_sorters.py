@@ -325,3 +325,35 @@ def test_host_mode_needs_no_docker_sdk():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_ks4_entry_arguments_and_deterministic_settings(monkeypatch):
+    import os
+
+    from kilosort_docker.groundtruth.sorters import ks4_entry
+
+    rec = os.path.join("d", "recording.bin")
+    assert ks4_entry.parse_args(["d", "o"]) == ("d", "o", "auto", rec, "off")
+    got = ks4_entry.parse_args(["d", "o", "cuda", "--deterministic"])
+    assert got == ("d", "o", "cuda", rec, "strict")
+    got = ks4_entry.parse_args(["--deterministic=warn", "d", "o", "cpu", "x.bin"])
+    assert got == ("d", "o", "cpu", "x.bin", "warn")
+    for bad in (["d"], ["d", "o", "tpu"], ["d", "o", "--deterministic=maybe"], list("abcde")):
+        assert ks4_entry.parse_args(bad) is None
+    torch = pytest.importorskip("torch")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        assert ks4_entry.deterministic_settings("off") == {"deterministic": "off"}
+        assert not torch.are_deterministic_algorithms_enabled()
+        got = ks4_entry.deterministic_settings("warn")
+        assert got == {"deterministic": "warn", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        ks4_entry.deterministic_settings("strict")
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        with pytest.raises(ValueError):
+            ks4_entry.deterministic_settings("always")
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.groundtruth.simulate import DEFAULT_UNIT_DISTANCE_UM
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="range of the units' firing rates in Hz (default 2 8)",
     )
+    p.add_argument(
+        "--unit-distance",
+        type=float,
+        nargs=2,
+        default=DEFAULT_UNIT_DISTANCE_UM,
+        metavar=("NEAR", "FAR"),
+        help="range of the units' distance from the probe plane in um (default "
+        f"{DEFAULT_UNIT_DISTANCE_UM[0]:g} {DEFAULT_UNIT_DISTANCE_UM[1]:g}: MEArec's near limit)",
+    )
     p.add_argument("--drift", type=float, default=10.0, help="peak drift in um, 0 = static")
     p.add_argument("--drift-period", type=float, default=100.0, help="zigzag period in s")
     p.add_argument("--seed", type=int, default=42)
@@ -339,6 +349,7 @@ def _run(args: argparse.Namespace) -> int:
         drift_period_s=args.drift_period,
         seed=args.seed,
         firing_rates_hz=tuple(args.firing_rates),
+        unit_distance_um=tuple(args.unit_distance),
     )
     refuse_recording(args.sorter, params)
     limits = scoring.load_thresholds(
@@ -433,6 +444,11 @@ def _run(args: argparse.Namespace) -> int:
         "median_accuracy": report.median_accuracy,
         "n_clusters": report.n_clusters,
         "n_good_clusters": report.n_good_clusters,
+        "n_well_detected_merged": report.n_well_detected_merged,
+        "median_merged_accuracy": report.median_merged_accuracy,
+        "n_units_split": report.n_units_split,
+        "snr_bands": report.snr_bands,
+        "drift_estimate": report.drift_estimate,
         "runs": _runs(results, per_run, params),
         "identical_runs": identical,
         "passed": report.passed,
@@ -447,7 +463,13 @@ def _run(args: argparse.Namespace) -> int:
         f"median accuracy {report.median_accuracy:.3f}; {report.n_clusters} clusters"
         + (f"; {len(silent)} units without spikes in the recording left out" if silent else "")
     )
-    _say(f"thresholds [{limits.name}] from {limits.source}: {limits.applies_to}")
+    for line in report.table().splitlines():
+        _say(line)
+    _say(f"merge rule: {report.merge_rule}")
+    _say(
+        f"thresholds [{limits.name}] from {limits.source} ({limits.score} score): "
+        f"{limits.applies_to}"
+    )
     if report.passed:
         _say("PASS")
         return EXIT_PASS

@@ -3,11 +3,14 @@
 :func:`read_phy` reads ``spike_times.npy``, ``spike_clusters.npy`` (or ``spike_templates.npy``)
 and ``params.py``; :func:`score` compares with the ground truth through
 :func:`spikeinterface.comparison.compare_sorter_to_ground_truth` (match window 0.4 ms;
-accuracy = tp / (tp + fn + fp); a unit is *well detected* at accuracy >= 0.8), writes
-``report.json`` and three PNG figures, and checks the numbers against the thresholds in a
-TOML file (``thresholds/<sorter>.toml``). Ground-truth units that do not fire in the recording
-(possible in a short one) cannot be found by any sorter: they are left out of every number and
-listed in ``units_without_spikes``.
+accuracy = tp / (tp + fn + fp); a unit is *well detected* at accuracy >= 0.8), adds the
+merge-aware scores of :mod:`kilosort_docker.groundtruth.merges` (accuracy after merging a
+unit's split clusters, the number of clusters, a table by SNR band) and Kilosort 4's own drift
+estimate against the simulated drift, writes ``report.json`` and four PNG figures, and checks
+the numbers against the thresholds in a TOML file (``thresholds/<sorter>.toml``; its
+``score`` key picks the single-cluster score, the default, or the merged one). Ground-truth
+units that do not fire in the recording (possible in a short one) cannot be found by any
+sorter: they are left out of every number and listed in ``units_without_spikes``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kilosort_docker.errors import UserError
+from kilosort_docker.groundtruth import merges
 from kilosort_docker.paths import THRESHOLDS_DIR
 
 if sys.version_info >= (3, 11):
@@ -37,7 +41,9 @@ log = logging.getLogger(__name__)
 WELL_DETECTED = 0.8
 #: Units at or above this SNR are "should be found" units; reported separately.
 HIGH_SNR = 5.0
-FIGURES = ("accuracy_sorted.png", "accuracy_vs_snr.png", "drift.png")
+FIGURES = ("accuracy_sorted.png", "accuracy_vs_snr.png", "drift.png", "merges_vs_snr.png")
+#: Scores a thresholds file may judge by (its ``score`` key).
+SCORES = ("single", "merged")
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -55,6 +61,8 @@ class Thresholds:
         min_median_accuracy: median accuracy over ground-truth units, at least.
         min_well_detected_fraction_high_snr: the same fraction over units with
             SNR >= :data:`HIGH_SNR` (None: not checked).
+        score: ``single`` (best single-cluster accuracy, the default) or ``merged``
+            (accuracy after merges, :mod:`kilosort_docker.groundtruth.merges`).
         source: the TOML file.
     """
 
@@ -64,7 +72,15 @@ class Thresholds:
     min_well_detected_fraction: float
     min_median_accuracy: float
     min_well_detected_fraction_high_snr: float | None = None
+    score: str = "single"
     source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise UserError(
+                f"{self.source or 'thresholds'}: score must be one of {', '.join(SCORES)}, "
+                f"got {self.score!r}"
+            )
 
 
 #: The y range of every score axis (scores lie in [0, 1]).
@@ -204,7 +220,16 @@ class Report:
         n_well_detected: ground-truth units at accuracy >= 0.8.
         n_high_snr / n_well_detected_high_snr: the same for units with SNR >= 5.
         median_accuracy: median over ground-truth units (unmatched count as 0).
-        units: per ground-truth unit: unit, snr, peak_uv, accuracy, recall, precision, match.
+        n_well_detected_merged / n_well_detected_high_snr_merged / median_merged_accuracy:
+            the same after merges (:data:`~kilosort_docker.groundtruth.merges.MERGE_RULE`).
+        n_units_split: ground-truth units whose spikes are split into two or more clusters.
+        units: per ground-truth unit: unit, snr, peak_uv, z_um, accuracy, recall, precision,
+            match, merged_accuracy, merged_recall, merged_precision, n_split (clusters
+            merged into it), merged_clusters.
+        merge_rule: the merge rule in words.
+        snr_bands: :func:`~kilosort_docker.groundtruth.merges.snr_band_table` rows.
+        drift_estimate: the sorter's drift estimate against the simulated drift
+            (:func:`~kilosort_docker.groundtruth.merges.drift_agreement`), None without one.
         passed: the verdict (None when no thresholds were given).
         reasons: why it failed (empty when it passed).
         units_without_spikes: ground-truth units with no spike in the recording, left out.
@@ -229,6 +254,13 @@ class Report:
     reasons: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     units_without_spikes: list[int] = field(default_factory=list)
+    n_well_detected_merged: int = 0
+    n_well_detected_high_snr_merged: int = 0
+    median_merged_accuracy: float = 0.0
+    n_units_split: int = 0
+    merge_rule: str = ""
+    snr_bands: list[dict[str, Any]] = field(default_factory=list)
+    drift_estimate: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,24 +285,45 @@ class Report:
             parts.append("PASS" if self.passed else "FAIL: " + "; ".join(self.reasons))
         return ", ".join(parts)
 
+    def table(self) -> str:
+        """The merge-aware numbers: a line, the SNR-band table, and the drift estimate."""
+        from kilosort_docker.groundtruth.merges import format_table
+
+        lines = [
+            f"after merges: {self.n_well_detected_merged}/{self.n_gt_units} well detected "
+            f"({self.n_well_detected} before), median accuracy {self.median_merged_accuracy:.3f}; "
+            f"{self.n_units_split} units split into 2+ clusters",
+            format_table(self.snr_bands),
+        ]
+        d = self.drift_estimate
+        if d:
+            corr = "-" if d["correlation"] is None else f"{d['correlation']:.3f}"
+            slope = "-" if d["slope"] is None else f"{d['slope']:.2f}"
+            lines.append(
+                f"sorter's drift estimate vs simulated: r = {corr}, slope {slope}, "
+                f"residual {d['residual_rms_um']:.2f} um rms over {d['n_batches']} batches"
+            )
+        return "\n".join(lines)
+
 
 def verdict(report_numbers: Mapping[str, Any], limits: Thresholds) -> list[str]:
     """Reasons why the numbers miss ``limits`` (empty list: pass)."""
     reasons = []
+    sfx, what = ("_merged", " after merges") if limits.score == "merged" else ("", "")
     n_gt = report_numbers["n_gt_units"]
-    frac = report_numbers["n_well_detected"] / n_gt if n_gt else 0.0
+    frac = report_numbers["n_well_detected" + sfx] / n_gt if n_gt else 0.0
     if frac < limits.min_well_detected_fraction:
-        reasons.append(f"well-detected fraction {frac:.3f} < {limits.min_well_detected_fraction}")
-    if report_numbers["median_accuracy"] < limits.min_median_accuracy:
         reasons.append(
-            f"median accuracy {report_numbers['median_accuracy']:.3f} "
-            f"< {limits.min_median_accuracy}"
+            f"well-detected fraction{what} {frac:.3f} < {limits.min_well_detected_fraction}"
         )
+    median = report_numbers["median_merged_accuracy" if sfx else "median_accuracy"]
+    if median < limits.min_median_accuracy:
+        reasons.append(f"median accuracy{what} {median:.3f} < {limits.min_median_accuracy}")
     if limits.min_well_detected_fraction_high_snr is not None and report_numbers["n_high_snr"]:
-        frac_hi = report_numbers["n_well_detected_high_snr"] / report_numbers["n_high_snr"]
+        frac_hi = report_numbers["n_well_detected_high_snr" + sfx] / report_numbers["n_high_snr"]
         if frac_hi < limits.min_well_detected_fraction_high_snr:
             reasons.append(
-                f"well-detected fraction at SNR >= {HIGH_SNR:g} {frac_hi:.3f} < "
+                f"well-detected fraction{what} at SNR >= {HIGH_SNR:g} {frac_hi:.3f} < "
                 f"{limits.min_well_detected_fraction_high_snr}"
             )
     return reasons
@@ -327,6 +380,7 @@ def score(
     perf = cmp.get_performance(method="by_unit")
     best = cmp.best_match_12
     gt_units = json.loads((sim_folder / "gt_units.json").read_text())
+    merged = merge_scores(cmp, gt, tested)
     units = []
     for info in gt_units:
         uid = info["unit"]
@@ -339,14 +393,24 @@ def score(
                 "unit": int(uid),
                 "snr": float(info["snr"]),
                 "peak_uv": float(info["peak_uv"]),
+                "z_um": info.get("z_um"),
                 "firing_rate_hz": float(info["firing_rate_hz"]),
                 "accuracy": float(row["accuracy"]),
                 "recall": float(row["recall"]),
                 "precision": float(row["precision"]),
                 "match": None if match == -1 else int(match),
+                **merged[uid],
             }
         )
+        # a merge is made only when it helps: the single cluster is one of the choices
+        if units[-1]["merged_accuracy"] < units[-1]["accuracy"]:
+            units[-1].update(
+                merged_accuracy=units[-1]["accuracy"],
+                merged_recall=units[-1]["recall"],
+                merged_precision=units[-1]["precision"],
+            )
     acc = np.array([u["accuracy"] for u in units])
+    macc = np.array([u["merged_accuracy"] for u in units])
     snr = np.array([u["snr"] for u in units])
     hi = snr >= HIGH_SNR
     duration = float(manifest["params"]["duration_s"])
@@ -359,11 +423,19 @@ def score(
         "n_high_snr": int(hi.sum()),
         "n_well_detected_high_snr": int((acc[hi] >= WELL_DETECTED).sum()),
         "median_accuracy": float(np.median(acc)) if acc.size else 0.0,
+        "n_well_detected_merged": int((macc >= WELL_DETECTED).sum()),
+        "n_well_detected_high_snr_merged": int((macc[hi] >= WELL_DETECTED).sum()),
+        "median_merged_accuracy": float(np.median(macc)) if macc.size else 0.0,
+        "n_units_split": sum(1 for u in units if u["n_split"] >= 2),
     }
+    drift_estimate = None
+    estimate = merges.kilosort4_drift(phy_folder)
+    if estimate is not None and (sim_folder / "gt_drift.npy").is_file():
+        drift_estimate = merges.drift_agreement(estimate, np.load(sim_folder / "gt_drift.npy"))
     reasons = verdict(numbers, thresholds) if thresholds else []
     fig_names: list[str] = []
     if figures:
-        fig_names = write_figures(sim_folder, out, units, sorter=sorter)
+        fig_names = write_figures(sim_folder, out, units, sorter=sorter, drift_estimate=estimate)
     report = Report(
         sorter=sorter,
         n_clusters=int(len(tested.unit_ids)),
@@ -379,6 +451,9 @@ def score(
         reasons=reasons,
         figures=fig_names,
         units_without_spikes=silent,
+        merge_rule=merges.MERGE_RULE,
+        snr_bands=merges.snr_band_table(units),
+        drift_estimate=drift_estimate,
         **numbers,
     )
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
@@ -386,14 +461,48 @@ def score(
     return report
 
 
+def merge_scores(cmp, gt, tested) -> dict[int, dict[str, Any]]:
+    """Per ground-truth unit id: merged accuracy, recall, precision, ``n_split`` and
+    ``merged_clusters`` (:mod:`kilosort_docker.groundtruth.merges`), from a spikeinterface
+    ground-truth comparison ``cmp`` of ``gt`` against ``tested``."""
+    counts = cmp.match_event_count  # DataFrame: gt units x sorted units
+    cluster_ids = list(counts.columns)
+    n_spikes = np.array([cmp.event_counts2[c] for c in cluster_ids], dtype=float)
+    sets = merges.merge_sets(counts.to_numpy(), n_spikes)
+    delta = int(cmp.delta_frames)
+    out = {}
+    for uid, ks in zip(counts.index, sets, strict=True):
+        clusters = [cluster_ids[k] for k in ks]
+        union = merges.union_accuracy(
+            gt.get_unit_spike_train(uid),
+            [tested.get_unit_spike_train(c) for c in clusters],
+            delta=delta,
+        )
+        out[int(uid)] = {
+            "merged_accuracy": union["accuracy"],
+            "merged_recall": union["recall"],
+            "merged_precision": union["precision"],
+            "n_split": len(clusters),
+            "merged_clusters": [int(c) for c in clusters],
+        }
+    return out
+
+
 # --------------------------------------------------------------------------- figures
 
 
 def write_figures(
-    sim_folder: Path, out: Path, units: list[dict[str, Any]], *, sorter: str
+    sim_folder: Path,
+    out: Path,
+    units: list[dict[str, Any]],
+    *,
+    sorter: str,
+    drift_estimate: Mapping[str, np.ndarray] | None = None,
 ) -> list[str]:
     """Write :data:`FIGURES` into ``out``: accuracy per unit (sorted), accuracy against SNR,
-    and the simulated drift. Returns the file names."""
+    the simulated drift with the sorter's own estimate over it (``drift_estimate``, from
+    :func:`~kilosort_docker.groundtruth.merges.kilosort4_drift`), and accuracy against SNR
+    before and after merges with each unit's cluster count. Returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,11 +541,54 @@ def write_figures(
 
     fig, ax = plt.subplots(figsize=(7, 3))
     drift_file = sim_folder / "gt_drift.npy"
-    if drift_file.is_file():
-        drift = np.load(drift_file)
-        ax.plot(drift[:, 0], drift[:, 1], lw=1)
-    ax.set(xlabel="time (s)", ylabel="displacement (um)", title="simulated probe drift (vertical)")
+    truth = np.load(drift_file) if drift_file.is_file() else None
+    if truth is not None:
+        ax.plot(truth[:, 0], truth[:, 1], lw=1.5, label="simulated")
+    if drift_estimate is not None:
+        est = -np.asarray(drift_estimate["dshift"])  # sign: see merges.kilosort4_drift
+        t = np.asarray(drift_estimate["t"])
+        if truth is not None:  # Kilosort's zero is its own reference: match the means
+            est = est - est.mean() + np.interp(t, truth[:, 0], truth[:, 1]).mean()
+        ax.plot(t, est, ".-", ms=3, lw=0.8, label=f"{sorter} estimate (-dshift)")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set(xlabel="time (s)", ylabel="displacement (um)", title="probe drift (vertical)")
     fig.tight_layout()
     fig.savefig(out / FIGURES[2], dpi=120)
+    plt.close(fig)
+
+    merged = np.array([u.get("merged_accuracy", u["accuracy"]) for u in units])
+    n_split = np.array([u.get("n_split", 0) for u in units])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for a, b, x in zip(acc, merged, snr, strict=True):
+        if b > a:
+            ax.plot([x, x], [a, b], color="grey", lw=0.6, zorder=1)
+    ax.scatter(
+        snr, acc, s=14, facecolors="none", edgecolors="tab:blue", label="best single cluster"
+    )
+    sc = ax.scatter(
+        snr,
+        merged,
+        s=14,
+        c=np.clip(n_split, 0, 6),
+        cmap="viridis",
+        vmin=0,
+        vmax=6,
+        label="after merges",
+        zorder=2,
+    )
+    fig.colorbar(sc, ax=ax, label="clusters merged into the unit (6 = 6+)")
+    ax.axhline(WELL_DETECTED, color="k", ls="--", lw=0.8)
+    ax.set(xlabel="SNR (template peak / noise)", ylabel="accuracy", ylim=SCORE_LIMITS)
+    n_merged = int((merged >= WELL_DETECTED).sum())
+    ax.set_title(
+        f"{sorter}: well detected {n_well} -> {n_merged} of {acc.size} after merges; "
+        f"{int((n_split >= 2).sum())} units split",
+        fontsize=9,
+    )
+    if snr.size and snr.min() > 0:
+        ax.set_xscale("log")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / FIGURES[3], dpi=120)
     plt.close(fig)
     return list(FIGURES)

@@ -12,7 +12,8 @@ generation):
 ``gt_spike_times.npy`` / ``gt_spike_labels.npy``
     int64 spike times in samples and the int64 ground-truth unit index of each spike.
 ``gt_units.json``
-    Per unit: index, firing rate (Hz), template peak (uV), noise (uV), SNR, depth (um).
+    Per unit: index, firing rate (Hz), template peak (uV), noise (uV), SNR, position x, y
+    (um, on the probe) and z (um, distance from the probe plane).
 ``gt_drift.npy``
     float64 ``(n_times, 2)``: time (s) and vertical displacement (um) of the drift.
 ``chanMap.mat``
@@ -52,12 +53,19 @@ from kilosort_docker.errors import UserError
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the files written by :func:`simulate` change meaning; part of the cache key.
-FORMAT_VERSION = 3  # 3: ops.lam = 20 (configFile384.m at v3.0.2)
+FORMAT_VERSION = 4  # 3: ops.lam = 20 (configFile384.m at v3.0.2); 4: unit distance, z_um
 
 #: Number of samples in Kilosort 3's symmetric buffer (``ops.ntbuff``).
 KS3_NTBUFF = 64
 #: Kilosort 3.0.2 batch size: ``64*1024 - ntbuff`` (the spike-holes fix, Kilosort issue 594).
 KS3_NT = 64 * 1024 - KS3_NTBUFF
+
+#: Units' distance from the probe plane (um): MEArec's near limit, spikeinterface's far one
+#: (see :class:`SimulationParams`).
+DEFAULT_UNIT_DISTANCE_UM = (10.0, 45.0)
+#: spikeinterface 0.105 ``generate_drifting_recording``'s own range (``minimum_z=5``,
+#: ``maximum_z=45``), the default before format 4.
+SPIKEINTERFACE_UNIT_DISTANCE_UM = (5.0, 45.0)
 
 BINARY_NAME = "recording.bin"
 #: The simulation folder's manifest: parameters, format version, files and their checksums.
@@ -82,6 +90,14 @@ class SimulationParams:
         uv_per_bit: int16 scaling of the binary, microvolts per bit.
         noise_uv: range (low, high) of the per-channel noise standard deviation, microvolts.
         firing_rates_hz: range (low, high) of the units' firing rates.
+        unit_distance_um: range (low, high) of the units' distance from the probe plane in
+            micrometres (spikeinterface's ``generate_unit_locations`` ``minimum_z`` and
+            ``maximum_z``). The default low end, 10 um, is MEArec's
+            (``default_params/templates_params.yaml``: ``xlim: [10, 80]``, the depth of the
+            soma from the probe plane; Buccino & Einevoll 2021, Neuroinformatics 19:185):
+            a soma centred closer than its own radius would overlap the shank.
+            spikeinterface 0.105's own default is (5, 45). The high end, 45 um, is
+            spikeinterface's, matched to its template amplitude model.
     """
 
     duration_s: float = 120.0
@@ -95,6 +111,7 @@ class SimulationParams:
     uv_per_bit: float = 0.195
     noise_uv: tuple[float, float] = (6.0, 8.0)
     firing_rates_hz: tuple[float, float] = (2.0, 8.0)
+    unit_distance_um: tuple[float, float] = DEFAULT_UNIT_DISTANCE_UM
 
     def __post_init__(self) -> None:
         # Normalise types so that 120 and 120.0 give the same cache key.
@@ -109,7 +126,7 @@ class SimulationParams:
             object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("n_channels", "n_units", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("noise_uv", "firing_rates_hz"):
+        for name in ("noise_uv", "firing_rates_hz", "unit_distance_um"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if not self.duration_s > 0:
             raise UserError(
@@ -130,6 +147,12 @@ class SimulationParams:
             raise UserError(
                 f"firing rates must be 0 < low <= high Hz, got {low:g} {high:g}: "
                 "pass --firing-rates LOW HIGH"
+            )
+        near, far = self.unit_distance_um
+        if not 0 <= near < far:
+            raise UserError(
+                f"unit distances must be 0 <= near < far um, got {near:g} {far:g}: "
+                "pass --unit-distance NEAR FAR"
             )
 
     @property
@@ -316,6 +339,20 @@ def _drift_kwargs(params: SimulationParams) -> dict[str, Any]:
     }
 
 
+def _unit_location_kwargs(params: SimulationParams) -> dict[str, Any]:
+    """spikeinterface 0.105 ``generate_drifting_recording``'s ``generate_unit_locations_kwargs``
+    defaults (generation/drifting_generator.py), with our distance range as z."""
+    return {
+        "margin_um": 20.0,
+        "minimum_z": params.unit_distance_um[0],
+        "maximum_z": params.unit_distance_um[1],
+        "minimum_distance": 18.0,
+        "max_iteration": 100,
+        "distance_strict": False,
+        "distribution": "uniform",
+    }
+
+
 def _noise_levels(binary: Path, params: SimulationParams, *, n_chunks: int = 20) -> np.ndarray:
     """Robust per-channel noise (uV): median absolute deviation / 0.6745 of random 10 ms chunks."""
     data = np.memmap(binary, dtype=np.int16, mode="r", shape=(params.n_samples, params.n_channels))
@@ -396,6 +433,7 @@ def _generate(params: SimulationParams, out: Path, *, n_jobs: int) -> None:
         sampling_frequency=params.fs,
         probe=probe,
         generate_displacement_vector_kwargs=_drift_kwargs(params),
+        generate_unit_locations_kwargs=_unit_location_kwargs(params),
         generate_sorting_kwargs={
             "firing_rates": params.firing_rates_hz,
             "refractory_period_ms": 4.0,
@@ -457,6 +495,7 @@ def _generate(params: SimulationParams, out: Path, *, n_jobs: int) -> None:
                 "snr": amp / float(noise[ch]),
                 "x_um": float(locations[u, 0]),
                 "y_um": float(locations[u, 1]),
+                "z_um": float(locations[u, 2]),
             }
         )
     (out / "gt_units.json").write_text(json.dumps(units, indent=1))

@@ -1,5 +1,5 @@
 """Run Kilosort 4 on a folder of inputs:
-``python ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]]``.
+``python ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]] [--deterministic[=strict|warn]]``.
 
 Self-contained on purpose (standard library, numpy, torch and kilosort only): the host runner
 imports it, and the container runner sends its source to ``python -c`` inside the
@@ -13,6 +13,16 @@ Exit status: 0 sorted; 2 usage, or a recording Kilosort 4 cannot sort (too short
 (:data:`EXIT_CRASHED`): the last line on stderr is the exception as one line
 (``ValueError: ...``), ``ks_run.json`` holds it under ``error``, and Kilosort's own
 ``kilosort4.log`` in OUT_DIR the full traceback.
+
+``--deterministic`` (strict) asks PyTorch for deterministic kernels
+(:func:`deterministic_settings`); an operation that has none then raises, and the sort fails
+with that error. ``--deterministic=warn`` only warns for such operations. Measured on the
+H200 (Kilosort 4.1.7, torch 2.11, ``benchmarks/groundtruth_sweeps.py``): strict fails at once
+("median CUDA with indices output does not have a deterministic implementation", Kilosort's
+``torch.median`` in kilosort/io.py ``BinaryFiltered.filter``), and warn gives the same spikes
+as the default kernels, bit for bit, so it does not make repeats identical. The option is
+therefore not offered by ``python -m kilosort_docker.groundtruth``; it stays here for that
+benchmark.
 """
 
 import json
@@ -20,12 +30,70 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 EXIT_USAGE, EXIT_NO_CUDA, EXIT_CRASHED = 2, 3, 4
 #: Kilosort 4.1.7 defaults (kilosort/parameters.py): ``batch_size`` 60000 samples per batch,
 #: ``nt`` 61 samples per spike waveform.
 KS4_BATCH_SIZE = 60000
 KS4_NT = 61
+#: ``--deterministic`` modes: off, strict (raise on an operation with no deterministic kernel),
+#: warn (warn on it and go on).
+DETERMINISTIC_MODES = ("off", "strict", "warn")
+#: cuBLAS needs a fixed workspace for reproducible results on CUDA 10.2 and later
+#: (PyTorch "Reproducibility" notes; NVIDIA cuBLAS docs, "Results reproducibility").
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def deterministic_settings(mode):
+    """Make PyTorch pick deterministic kernels; returns what was set (for ``ks_run.json``).
+
+    ``mode`` is one of :data:`DETERMINISTIC_MODES`. Sets ``CUBLAS_WORKSPACE_CONFIG`` (before
+    cuBLAS starts: call this before any CUDA work), ``torch.use_deterministic_algorithms(True,
+    warn_only=mode == "warn")``, ``torch.backends.cudnn.deterministic = True`` and
+    ``torch.backends.cudnn.benchmark = False`` (PyTorch docs, "Reproducibility").
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    import torch
+
+    if mode not in DETERMINISTIC_MODES:
+        raise ValueError(f"deterministic mode must be one of {DETERMINISTIC_MODES}, got {mode!r}")
+    if mode == "off":
+        return {"deterministic": "off"}
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return {
+        "deterministic": mode,
+        "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
+    }
+
+
+def parse_args(args):
+    """``(data_dir, out_dir, device, binary, deterministic)`` from the argument list, or None
+    when it is not ``DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]] [--deterministic[=strict|warn]]``
+    (BINARY defaults to ``DATA_DIR/recording.bin``)."""
+    mode = "off"
+    rest = []
+    for arg in args:
+        if arg == "--deterministic":
+            mode = "strict"
+        elif arg.startswith("--deterministic="):
+            mode = arg.split("=", 1)[1]
+            if mode not in DETERMINISTIC_MODES:
+                return None
+        else:
+            rest.append(arg)
+    if len(rest) not in (2, 3, 4):
+        return None
+    device = rest[2] if len(rest) >= 3 else "auto"
+    if device not in ("auto", "cuda", "cpu"):
+        return None
+    binary = rest[3] if len(rest) == 4 else os.path.join(rest[0], "recording.bin")
+    return rest[0], rest[1], device, binary, mode
 
 
 def min_samples(batch_size=KS4_BATCH_SIZE, nt=KS4_NT):
@@ -91,13 +159,14 @@ def main(argv=None):
     import torch
     from kilosort import run_kilosort
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (2, 3, 4):
-        sys.stderr.write("usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]]\n")
+    parsed = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if parsed is None:
+        sys.stderr.write(
+            "usage: ks4_entry.py DATA_DIR OUT_DIR [auto|cuda|cpu [BINARY]] "
+            "[--deterministic[=strict|warn]]\n"
+        )
         return EXIT_USAGE
-    data_dir, out_dir = args[0], args[1]
-    want = args[2] if len(args) >= 3 else "auto"
-    binary = args[3] if len(args) == 4 else os.path.join(data_dir, "recording.bin")
+    data_dir, out_dir, want, binary, mode = parsed
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
@@ -127,6 +196,7 @@ def main(argv=None):
         "n_chan": int(raw["n_chan"]),
     }
     os.makedirs(out_dir, exist_ok=True)
+    determinism = deterministic_settings(mode)
     torch.manual_seed(0)
     np.random.seed(0)
     info = {
@@ -135,18 +205,28 @@ def main(argv=None):
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         "kilosort": getattr(kilosort, "__version__", "unknown"),
         "torch": torch.__version__,
+        **determinism,
     }
     logging_state = _console_logging()
     start = time.perf_counter()
     try:
-        run_kilosort(
-            settings=settings,
-            probe=probe,
-            filename=binary,
-            results_dir=out_dir,
-            data_dtype="int16",
-            device=device,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_kilosort(
+                settings=settings,
+                probe=probe,
+                filename=binary,
+                results_dir=out_dir,
+                data_dtype="int16",
+                device=device,
+            )
+        if mode == "warn":
+            # PyTorch's warning for an operation without a deterministic kernel names it
+            info["nondeterministic_operations"] = sorted(
+                {str(w.message).split("\n")[0] for w in caught if "determinis" in str(w.message)}
+            )
+        for w in caught:  # the others are shown as they would have been
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except Exception as exc:  # any failure of the sort is reported, as one line
         info.update(seconds=time.perf_counter() - start, error=one_line(exc))
         with open(os.path.join(out_dir, "ks_run.json"), "w") as f:
@@ -155,6 +235,9 @@ def main(argv=None):
         return EXIT_CRASHED
     finally:
         _restore(*logging_state)
+        if mode != "off":  # the host runner calls main in its own process: leave torch as found
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.deterministic = False
     info["seconds"] = time.perf_counter() - start
     with open(os.path.join(out_dir, "ks_run.json"), "w") as f:
         json.dump(info, f, indent=1)
