@@ -160,6 +160,37 @@ def _stop(process: subprocess.Popen, name: str) -> None:
         raise RuntimeError(f"{name} (pid {process.pid}) did not stop")
 
 
+def _cancel_all(env: dict[str, str]) -> None:
+    """Cancel every job of the cluster and wait (up to :data:`STOP_TIMEOUT_S`) until squeue
+    lists none, so no job step outlives the daemons."""
+    subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--format", "%i"], env=env, capture_output=True, text=True
+        )
+        if listed.returncode != 0 or not listed.stdout.strip():
+            return
+        time.sleep(0.5)
+
+
+def _stepds_of(folder: Path) -> list[int]:
+    """Pids of the ``slurmstepd`` processes holding a file open under ``folder``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                continue
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link.startswith(str(folder)) for link in links):
+            found.append(int(proc.name))
+    return found
+
+
 def _wait_for(check, what: str, timeout: float, logs: list[Path]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -248,12 +279,22 @@ def cluster(parent: Path | None = None) -> Iterator[Cluster]:
         else:
             os.environ["SLURM_CONF"] = old_conf
         errors = []
+        if "slurmctld" in processes and processes["slurmctld"].poll() is None:
+            _cancel_all(env)
         for name in ("slurmd", "slurmctld", "munged"):
             if name in processes:
                 try:
                     _stop(processes[name], name)
                 except RuntimeError as exc:
                     errors.append(str(exc))
+        # a job step's slurmstepd outlives slurmd (it is re-parented to init): stop those of
+        # this cluster, known by the files they hold open in its folder
+        stray = _stepds_of(folder)
+        for pid in stray:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if stray:
+            log.warning("killed slurmstepd pids %s: they outlived slurmd", stray)
         shutil.rmtree(folder, ignore_errors=True)
         if errors:
             raise RuntimeError("; ".join(errors))
