@@ -4,6 +4,7 @@ non-zero exit; a stand-in ``sbatch`` on PATH proves it was never called)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -356,7 +357,14 @@ def test_status_of_real_tasks_without_accounting(tmp_path, slurm_cluster):
     rows = read_list(make_list(tmp_path, ("done", "fails", "cancelled", "queued")))
     marker = rows[0].out / status.MARKER_NAME
     commands = {
-        0: ["sh", "-c", f"mkdir -p {rows[0].out} && echo {{}} > {marker}"],
+        0: [
+            "sh",
+            "-c",
+            # a finished sort: the record, then the marker naming its sha256 (as the sort does)
+            f"mkdir -p {rows[0].out} && cd {rows[0].out} && echo {{}} > sort-record.json && "
+            f'printf \'{{"record_sha256": "%s"}}\' '
+            f"$(sha256sum sort-record.json | cut -c1-64) > {marker}",
+        ],
         1: ["sh", "-c", "echo 'error: the sort failed: stand-in' >&2; exit 3"],
         2: ["sleep", "60"],
         3: ["sleep", "60"],
@@ -506,3 +514,18 @@ def test_an_image_that_is_not_there_is_refused_before_submitting(tmp_path, monke
     with pytest.raises(UserError, match="^row 1: image lab/kilosort4:absent is not present"):
         submit.validate_rows(rows, BatchOptions())
     assert asked == ["lab/kilosort4:absent"]
+
+
+def test_nested_output_folders_are_refused(tmp_path):
+    path = make_list(tmp_path, ("a", "b"), outs=["sorted/a", "sorted/a/b"])
+    with pytest.raises(UserError, match="rows 1 and 2: .*sorted/a/b and .*sorted/a are nested"):
+        read_list(path)
+
+
+def test_a_kilosort3_row_without_gpus_names_gpus_per_task(tmp_path):
+    from kilosort_docker.batch import submit
+
+    rows = read_list(make_list(tmp_path, ("a",)))
+    rows = [dataclasses.replace(rows[0], sorter="kilosort3")]
+    with pytest.raises(UserError, match="row 1 .*pass --gpus-per-task 1"):
+        submit.validate_rows(rows, BatchOptions())

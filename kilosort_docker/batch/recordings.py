@@ -207,6 +207,14 @@ def read_list(source: str | Path) -> list[Row]:
                 f"{source.name} rows {seen[row.out].index + 1} and {row.index + 1} both write to "
                 f"{row.out}: give each recording its own output folder"
             )
+        for other in seen.values():
+            if row.out.is_relative_to(other.out) or other.out.is_relative_to(row.out):
+                first, second = sorted((other, row), key=lambda r: r.index)
+                raise UserError(
+                    f"{source.name} rows {first.index + 1} and {second.index + 1}: {second.out} "
+                    f"and {first.out} are nested (an --overwrite of one would reach into the "
+                    "other): give each recording a folder of its own, side by side"
+                )
         seen[row.out] = row
     log.debug("read %d recordings from %s", len(rows), source)
     return rows

@@ -90,6 +90,11 @@ def validate_rows(rows: list[Row], options: BatchOptions) -> None:
 
     images: dict[str, int] = {}
     for row in rows:
+        if (row.sorter or "kilosort4") == "kilosort3" and not options.gpus_per_task:
+            raise UserError(
+                f"row {row.index + 1} ({row.recording.name}): Kilosort 3 sorts on an NVIDIA GPU "
+                "only: pass --gpus-per-task 1 (and a GPU --partition)"
+            )
         try:
             plan = runner.validate(sort_request(row, options))
         except UserError as exc:
