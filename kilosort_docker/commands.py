@@ -247,6 +247,11 @@ def _is_test_ref(ref: str) -> bool:
     )
 
 
+#: The label of the tests' stand-in MATLAB base (tests/standins/matlab-base), which every image
+#: built on it inherits: such images belong to the test suite or a benchmark, never to a user.
+STANDIN_LABEL = f"{LABEL_PREFIX}.standin"
+
+
 def clean(
     *, dry_run: bool = False, profile: str | None = None, include_bases: bool = False
 ) -> list[str]:
@@ -265,6 +270,7 @@ def clean(
         chosen = get_profile(profile)
         filters["label"].append(f"{LABEL_PREFIX}.profile={chosen.name}")
     targets: list[str] = []
+    described: dict[str, str] = {}
     # The low-level list (dicts): images.list() inspects each image and fails on one that
     # another process removes meanwhile.
     for image in client.api.images(filters=filters):
@@ -295,11 +301,19 @@ def clean(
             continue
         if _is_test_ref(labels.get(_BASE_NAME_LABEL, "")):
             continue
+        if labels.get(STANDIN_LABEL):
+            continue  # built on the tests' stand-in MATLAB base: the suite's or a benchmark's
         targets.append(image["Id"])
+        described[image["Id"]] = (
+            f"{image['Id']} (untagged {labels.get(f'{LABEL_PREFIX}.image', 'image')}, "
+            f"{image.get('Size', 0) / 1e6:.0f} MB)"
+        )
     removed: list[str] = []
     for target in targets:
         if dry_run:
-            ui.console.print(f"would remove {target}", markup=False, soft_wrap=True)
+            ui.console.print(
+                f"would remove {described.get(target, target)}", markup=False, soft_wrap=True
+            )
         else:
             try:
                 client.images.remove(target)

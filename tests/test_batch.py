@@ -4,6 +4,8 @@ non-zero exit; a stand-in ``sbatch`` on PATH proves it was never called)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kilosort_docker.batch import apptainer, script, status
-from kilosort_docker.batch.recordings import read_list
+from kilosort_docker.batch.recordings import Row, read_list
 from kilosort_docker.batch.script import BatchOptions, array_spec, render, sort_argv
 from kilosort_docker.errors import UserError
 
@@ -106,8 +108,32 @@ def test_list_unknown_column_and_bad_number(tmp_path):
     with pytest.raises(UserError, match="unknown column colour"):
         read_list(path)
     path.write_text("path,probe,out,channels\na.bin,p.json,o,many\n")
-    with pytest.raises(UserError, match="channels 'many' is not a number"):
+    with pytest.raises(UserError, match="channels 'many' is not a whole number"):
         read_list(path)
+    toml = tmp_path / "l.toml"
+    for cell, message in (
+        ("channels = 16.7", "channels 16.7 is not a whole number"),
+        ("channels = true", "channels True is not a whole number"),
+        ('sampling_rate = "inf"', "sampling_rate 'inf' is not a finite number"),
+    ):
+        toml.write_text(f'[[recording]]\npath = "a.bin"\nprobe = "p.json"\nout = "o"\n{cell}\n')
+        with pytest.raises(UserError, match=message):
+            read_list(toml)
+
+
+def test_a_file_name_cannot_reach_the_script_as_a_command(tmp_path):
+    """A newline in a recording's name would end the script's comment and run the rest."""
+    evil = tmp_path / "nl\ntouch PWNED #.bin"
+    evil.write_bytes(b"")
+    toml = tmp_path / "l.toml"
+    toml.write_text(f'[[recording]]\npath = {json.dumps(evil.name)}\nprobe = "p.json"\nout = "o"\n')
+    with pytest.raises(UserError, match="holds a control character"):
+        read_list(toml)
+    row = Row(index=0, recording=evil, probe=tmp_path / "p.json", out=tmp_path / "o")
+    script = render([row], [0], BatchOptions(), folder=tmp_path / "b", commands={0: ["true"]})
+    assert "\ntouch PWNED" not in script and '# "nl\\ntouch PWNED #.bin"' in script
+    with pytest.raises(UserError, match="which #SBATCH lines cannot carry"):
+        render([row], [0], BatchOptions(), folder=tmp_path / "my lists%j", commands={0: ["true"]})
 
 
 # --- the sbatch script --------------------------------------------------------------------------
@@ -331,7 +357,14 @@ def test_status_of_real_tasks_without_accounting(tmp_path, slurm_cluster):
     rows = read_list(make_list(tmp_path, ("done", "fails", "cancelled", "queued")))
     marker = rows[0].out / status.MARKER_NAME
     commands = {
-        0: ["sh", "-c", f"mkdir -p {rows[0].out} && echo {{}} > {marker}"],
+        0: [
+            "sh",
+            "-c",
+            # a finished sort: the record, then the marker naming its sha256 (as the sort does)
+            f"mkdir -p {rows[0].out} && cd {rows[0].out} && echo {{}} > sort-record.json && "
+            f'printf \'{{"record_sha256": "%s"}}\' '
+            f"$(sha256sum sort-record.json | cut -c1-64) > {marker}",
+        ],
         1: ["sh", "-c", "echo 'error: the sort failed: stand-in' >&2; exit 3"],
         2: ["sleep", "60"],
         3: ["sleep", "60"],
@@ -449,3 +482,50 @@ def test_podman_command_shape(monkeypatch, tmp_path):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     argv = PodmanRuntime().command("img:1", [], name="n", gpu=True)
     assert argv[argv.index("--device") + 1] == "nvidia.com/gpu=all"
+
+
+def test_an_image_that_is_not_there_is_refused_before_submitting(tmp_path, monkeypatch):
+    """Every task would fail on it: the list is refused, dry run or not, naming the row."""
+    import numpy as np
+    from probeinterface import write_probeinterface
+
+    from kilosort_docker.batch import submit
+    from kilosort_docker.groundtruth.simulate import neuropixels_probe
+    from kilosort_docker.sorting import runtimes
+
+    write_probeinterface(tmp_path / "probe.json", neuropixels_probe(16))
+    np.zeros((90_000, 16), dtype=np.int16).tofile(tmp_path / "a.bin")
+    listing = tmp_path / "list.toml"
+    listing.write_text(
+        '[[recording]]\npath = "a.bin"\nprobe = "probe.json"\nout = "sorted/a"\n'
+        'channels = 16\nsampling_rate = 30000\nimage = "lab/kilosort4:absent"\n'
+    )
+    asked = []
+
+    class Missing:
+        name = "docker"
+
+        def image(self, ref):
+            asked.append(ref)
+            raise UserError(f"image {ref} is not present: build it")
+
+    monkeypatch.setitem(runtimes.RUNTIMES, "docker", Missing)
+    rows = read_list(listing)
+    with pytest.raises(UserError, match="^row 1: image lab/kilosort4:absent is not present"):
+        submit.validate_rows(rows, BatchOptions())
+    assert asked == ["lab/kilosort4:absent"]
+
+
+def test_nested_output_folders_are_refused(tmp_path):
+    path = make_list(tmp_path, ("a", "b"), outs=["sorted/a", "sorted/a/b"])
+    with pytest.raises(UserError, match="rows 1 and 2: .*sorted/a/b and .*sorted/a are nested"):
+        read_list(path)
+
+
+def test_a_kilosort3_row_without_gpus_names_gpus_per_task(tmp_path):
+    from kilosort_docker.batch import submit
+
+    rows = read_list(make_list(tmp_path, ("a",)))
+    rows = [dataclasses.replace(rows[0], sorter="kilosort3")]
+    with pytest.raises(UserError, match="row 1 .*pass --gpus-per-task 1"):
+        submit.validate_rows(rows, BatchOptions())

@@ -9,6 +9,7 @@ plugin as tests/conftest.py, on the real engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -292,4 +293,28 @@ def test_clean_keeps_the_bases_unless_asked(docker_client, debian_base, tmp_path
     finally:
         docker_client.api.remove_image(child_ref)
         docker_client.api.remove_image(base_ref)
+        leftovers.remove(docker_client, made)
+
+
+@pytest.mark.docker
+def test_clean_leaves_untagged_images_built_on_the_standin(docker_client, debian_base, tmp_path):
+    """An untagged image carrying the stand-in MATLAB base's label is the suite's or a
+    benchmark's (a rebuild moved its tag): `invoke clean` is not to take it."""
+    name = uuid.uuid4().hex[:8]
+    ref = f"clean-standin-{name}:x"
+    with leftovers.TRACKER.recording() as made:
+        for step in ("old", "new"):
+            (tmp_path / "Dockerfile").write_text(
+                f"FROM {support.DEBIAN_IMAGE}\nLABEL {commands.STANDIN_LABEL}=mathworks/matlab\n"
+                f"LABEL io.kilosort-docker.image=kilosort3-{name}\nLABEL step={step}\n"
+            )
+            support.build_dockerfile(docker_client, tmp_path, ref, buildargs={})
+            if step == "old":
+                dangling = docker_client.images.get(ref).id
+    try:
+        assert dangling not in commands.clean(dry_run=True)
+    finally:
+        docker_client.api.remove_image(ref)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.api.remove_image(dangling)
         leftovers.remove(docker_client, made)

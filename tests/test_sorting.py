@@ -208,12 +208,47 @@ def test_settings_may_not_contradict_the_recording(capsys, tmp_path, binary, pro
     assert plan.settings == {"nblocks": 0, "batch_size": 30000, "n_chan_bin": 16, "fs": FS}
 
 
-def test_dry_run_writes_nothing(capsys, tmp_path, binary, probe_json):
+def test_dry_run_writes_nothing(capsys, tmp_path, binary, probe_json, monkeypatch):
     out = tmp_path / "out"
+    looked_up = []
+
+    class Runtime(StandInRuntime):
+        def image(self, ref):
+            looked_up.append(ref)
+            return super().image(ref)
+
+    monkeypatch.setitem(runtimes.RUNTIMES, "docker", Runtime)
     assert cli.execute(request(binary, probe_json, out, dry_run=True)) == 0
     said = capsys.readouterr().out
     assert "read in place, not copied" in said and "16 channels" in said
     assert not out.exists()
+    assert looked_up == [IMAGE]  # a dry run checks the image is there
+
+
+def test_dry_run_refuses_an_image_that_is_not_there(
+    capsys, tmp_path, binary, probe_json, monkeypatch
+):
+    class Runtime(StandInRuntime):
+        def image(self, ref):
+            raise UserError(f"image {ref} is not present: build it")
+
+    monkeypatch.setitem(runtimes.RUNTIMES, "docker", Runtime)
+    err = refused(capsys, request(binary, probe_json, tmp_path / "out", dry_run=True))
+    assert f"image {IMAGE} is not present" in err
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_first(
+    capsys, tmp_path, binary, probe_json
+):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    err = refused(capsys, request(binary, probe_json, a_file / "sub", dry_run=True))
+    assert "is a file, not a folder" in err
+    link = tmp_path / "outlink"
+    link.symlink_to(tmp_path / "not-yet")
+    err = refused(capsys, request(binary, probe_json, link, dry_run=True))
+    assert "is a symlink to" in err and "does not exist: create that folder first" in err
+    assert not (tmp_path / "not-yet").exists()
 
 
 # --------------------------------------------------------------------------- formats

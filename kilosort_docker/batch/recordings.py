@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,26 @@ def _row(source: Path, index: int, fields: dict[str, Any], defaults: dict[str, A
             values[column] = path if path.is_absolute() else (source.parent / path).resolve()
     for column, kind in (("channels", int), ("sampling_rate", float)):
         if column in merged:
+            raw = merged[column]
             try:
-                number = kind(merged[column])
-            except (TypeError, ValueError):
-                raise UserError(
-                    f"{where}: {column} {merged[column]!r} is not a number: fix the list"
-                ) from None
+                if isinstance(raw, bool) or (kind is int and isinstance(raw, float)):
+                    raise ValueError(raw)
+                number = kind(raw)
+                if not math.isfinite(number):
+                    raise ValueError(raw)
+            except (TypeError, ValueError, OverflowError):
+                what = "a whole number" if kind is int else "a finite number"
+                raise UserError(f"{where}: {column} {raw!r} is not {what}: fix the list") from None
             if number <= 0:
                 raise UserError(f"{where}: {column} must be positive, not {number}: fix the list")
             values[column] = number
+    for column in PATH_COLUMNS:
+        text = str(merged.get(column, ""))
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            raise UserError(
+                f"{where}: {column} {text!r} holds a control character (a newline?): rename the "
+                "file or fix the list"
+            )
     return Row(
         index=index,
         recording=values["path"],
@@ -195,6 +207,14 @@ def read_list(source: str | Path) -> list[Row]:
                 f"{source.name} rows {seen[row.out].index + 1} and {row.index + 1} both write to "
                 f"{row.out}: give each recording its own output folder"
             )
+        for other in seen.values():
+            if row.out.is_relative_to(other.out) or other.out.is_relative_to(row.out):
+                first, second = sorted((other, row), key=lambda r: r.index)
+                raise UserError(
+                    f"{source.name} rows {first.index + 1} and {second.index + 1}: {second.out} "
+                    f"and {first.out} are nested (an --overwrite of one would reach into the "
+                    "other): give each recording a folder of its own, side by side"
+                )
         seen[row.out] = row
     log.debug("read %d recordings from %s", len(rows), source)
     return rows

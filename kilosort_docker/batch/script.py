@@ -10,6 +10,7 @@ failure's exit status is known without an accounting database.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -153,6 +154,19 @@ def sort_argv(row: Row, options: BatchOptions) -> list[str]:
     return argv
 
 
+def check_directive_path(folder: Path) -> None:
+    """Refuse a batch folder ``#SBATCH --output``/``--chdir`` lines cannot carry: sbatch(1)
+    splits those lines at whitespace and expands ``%`` patterns (``%j``: the job id) in
+    ``--output``. Raises UserError naming the characters."""
+    text = str(folder)
+    bad = sorted({ch for ch in text if ch.isspace() or ch == "%" or ord(ch) < 32})
+    if bad:
+        raise UserError(
+            f"the batch folder {text!r} holds {bad!r}, which #SBATCH lines cannot carry: put the "
+            "list in a folder without spaces or %, or give --folder"
+        )
+
+
 def render(
     rows: Sequence[Row],
     indices: Sequence[int],
@@ -166,6 +180,7 @@ def render(
     ``folder`` is the batch folder (logs, status files); ``rows`` the whole list (the array
     task id is the row's index).
     """
+    check_directive_path(folder)
     directives = [
         f"--job-name={options.job_name}",
         f"--array={array_spec(indices, options.max_parallel)}",
@@ -194,7 +209,8 @@ def render(
     ]
     by_index = {r.index: r for r in rows}
     for index in sorted(set(indices)):
-        lines.append(f"  {index})  # {by_index[index].recording.name}")
+        # the name as a JSON string: no newline or other control character reaches the script
+        lines.append(f"  {index})  # {json.dumps(by_index[index].recording.name)}")
         lines.append(f"    argv=({shlex.join(commands[index])}) ;;")
     lines += [
         '  *) echo "kilosort-batch: no row $row in this job" >&2; exit 2 ;;',

@@ -97,8 +97,12 @@ def status_path(folder: Path, index: int, job_id: str) -> Path:
 
 
 def is_finished(out: str | Path) -> bool:
-    """Whether the sort of this output folder finished (its completion marker exists)."""
-    return (Path(out) / MARKER_NAME).is_file()
+    """Whether the sort of this output folder finished: its completion marker names the
+    sha256 of the record beside it (the sorting package's own test, so `batch-status`, `--resume`
+    and `invoke sort` agree)."""
+    from kilosort_docker.sorting import record as sort_record
+
+    return sort_record.is_finished(out)
 
 
 def _read_json(path: Path) -> dict:

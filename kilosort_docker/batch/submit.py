@@ -86,13 +86,26 @@ def validate_rows(rows: list[Row], options: BatchOptions) -> None:
         for row in rows:
             apptainer.check_row(row, options)
         return
-    from kilosort_docker.sorting import runner
+    from kilosort_docker.sorting import runner, runtimes
 
+    images: dict[str, int] = {}
     for row in rows:
+        if (row.sorter or "kilosort4") == "kilosort3" and not options.gpus_per_task:
+            raise UserError(
+                f"row {row.index + 1} ({row.recording.name}): Kilosort 3 sorts on an NVIDIA GPU "
+                "only: pass --gpus-per-task 1 (and a GPU --partition)"
+            )
         try:
-            runner.validate(sort_request(row, options))
+            plan = runner.validate(sort_request(row, options))
         except UserError as exc:
             raise UserError(f"row {row.index + 1} ({row.recording.name}): {exc}") from None
+        images.setdefault(plan.image, row.index)
+    runtime = runtimes.get_runtime(options.runtime)
+    for image, index in images.items():  # every task would fail on a missing image
+        try:
+            runtime.image(image)
+        except UserError as exc:
+            raise UserError(f"row {index + 1}: {exc}") from None
 
 
 def _commands(rows: list[Row], options: BatchOptions) -> dict[int, list[str]]:
@@ -135,7 +148,7 @@ def sort_batch(
                 f"{list_path.name} no longer has the rows of the batch in {folder} (output "
                 "folders differ): resume with the same list, or submit to a new --folder"
             )
-    elif (folder / record.RECORD_NAME).exists() and not dry_run:
+    elif (folder / record.RECORD_NAME).exists():
         raise UserError(
             f"{folder} already holds a batch: use --resume to rerun its unfinished recordings, "
             "or give another --folder"

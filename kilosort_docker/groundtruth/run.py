@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sorter", choices=SORTERS, default="kilosort4")
     p.add_argument("--mode", choices=MODES, default="host")
-    p.add_argument("--image", help="image tag for --mode container (e.g. kilosort4:4.1.7)")
+    p.add_argument(
+        "--image", help="image for --mode container (e.g. kilosortdocker/kilosort4:4.1.7)"
+    )
     p.add_argument(
         "--device",
         choices=("cuda", "cpu", "auto"),
@@ -338,8 +340,18 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.mode == "container" and not args.image:
         raise UserError("--mode container needs --image NAME:TAG")
+    if args.image:  # a typo is bad input (exit 2), not a missing image (a skip)
+        from kilosort_docker.images.references import check_reference
+
+        check_reference(
+            args.image, what="--image", fix="give --image as [registry/]name[:tag], lowercase"
+        )
     if args.repeat < 1:
         raise UserError("--repeat must be >= 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}: leave it out for one per core")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file: pass a folder for the results")
     plan = Plan(args.sorter, args.mode, args.image, args.device, args.license, args.mac_address)
     params = SimulationParams(
         duration_s=args.duration,

@@ -72,6 +72,11 @@ BINARY_NAME = "recording.bin"
 SIMULATION_MANIFEST_NAME = "manifest.json"
 
 
+#: The longest recording simulated: an hour (the H200 benchmarks use 300 s; a day would not fit
+#: on disk at 384 channels, 30 kHz, 2 bytes: 80 GB an hour).
+MAX_DURATION_S = 3600.0
+
+
 @dataclass(frozen=True)
 class SimulationParams:
     """Parameters of one simulated recording; equal parameters give identical files.
@@ -128,9 +133,10 @@ class SimulationParams:
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("noise_uv", "firing_rates_hz", "unit_distance_um"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        if not self.duration_s > 0:
+        if not 0 < self.duration_s <= MAX_DURATION_S:
             raise UserError(
-                f"duration_s must be > 0, got {self.duration_s}: pass a positive duration"
+                f"the duration must be > 0 and at most {MAX_DURATION_S:g} s, got "
+                f"{self.duration_s:g}: pass --duration in seconds"
             )
         if not 8 <= self.n_channels <= 384:
             raise UserError(
@@ -138,8 +144,11 @@ class SimulationParams:
             )
         if self.n_units < 1:
             raise UserError(f"n_units must be >= 1, got {self.n_units}")
-        if self.drift_um < 0 or self.drift_period_s <= 0:
-            raise UserError("drift_um must be >= 0 and drift_period_s > 0")
+        if not (0 <= self.drift_um < math.inf and 0 < self.drift_period_s < math.inf):
+            raise UserError(
+                f"the drift must be >= 0 um and its period > 0 s, got {self.drift_um:g} um and "
+                f"{self.drift_period_s:g} s: fix --drift or --drift-period"
+            )
         if self.uv_per_bit <= 0 or self.fs <= 0:
             raise UserError("uv_per_bit and fs must be > 0")
         low, high = self.firing_rates_hz

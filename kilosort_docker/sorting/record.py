@@ -103,9 +103,19 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
         UserError: ``out`` is a file; it already holds a sort and ``overwrite`` is False
             (finished or not, named in the message).
     """
+    if out.is_symlink() and not out.exists():
+        raise UserError(
+            f"--out {out} is a symlink to {os.readlink(out)}, which does not exist: create that "
+            "folder first (mkdir -p), or link to an existing one"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a folder for the sort")
-    if not out.is_dir() or overwrite:
+    if not out.is_dir():
+        check_creatable(out)
+        return
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} is not writable by you: pass a folder you can write")
+    if overwrite:
         return
     found = holds_sort(out)
     if found:
@@ -113,6 +123,20 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
         raise UserError(
             f"{out} already holds {state} ({', '.join(found)}): pass --overwrite to replace it, "
             "or another --out"
+        )
+
+
+def check_creatable(out: Path) -> None:
+    """Refuse an output folder that cannot be made: its nearest existing parent must be a
+    folder this user can write. Raises UserError naming that parent."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a folder: pass another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(
+            f"--out {out} cannot be created: {parent} is not writable by you: pass another --out"
         )
 
 

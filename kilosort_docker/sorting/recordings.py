@@ -146,6 +146,13 @@ def meta_beside(binary: Path) -> Path | None:
 # --------------------------------------------------------------------------- inspection
 
 
+#: Sampling rates a spike sorter can work with: Kilosort's filters are set for spikes of about
+#: 1 ms (a 300 Hz high-pass; Kilosort 4's default ``fs`` is 30000 Hz), so a rate below a few kHz
+#: (30 from a typo in kHz) cannot hold them, and none above 1 MHz is recorded.
+MIN_RATE_HZ = 2000.0
+MAX_RATE_HZ = 1_000_000.0
+
+
 def inspect_recording(
     path: Path | str,
     *,
@@ -172,8 +179,11 @@ def inspect_recording(
         raise UserError(f"the recording {path} does not exist: pass the recording's path")
     if channels is not None and channels < 1:
         raise UserError(f"--channels must be a positive number of channels, not {channels}")
-    if sampling_rate is not None and not sampling_rate > 0:
-        raise UserError(f"--sampling-rate must be a positive rate in Hz, not {sampling_rate:g}")
+    if sampling_rate is not None and not MIN_RATE_HZ <= sampling_rate <= MAX_RATE_HZ:
+        raise UserError(
+            f"--sampling-rate {sampling_rate:g} Hz is not an extracellular recording's rate "
+            f"({MIN_RATE_HZ:g} to {MAX_RATE_HZ:g} Hz): give it in Hz, e.g. 30000"
+        )
     if path.is_dir():
         found = _spikeglx_binary(path)
         if found is not None:

@@ -369,13 +369,13 @@ def sort(
         UserError: bad input, found before any work (nothing written).
     """
     plan = validate(request)
-    if request.dry_run:
-        return SortOutcome(plan, EXIT_SORTED)
     req, out = plan.request, plan.out
     image_info = None
     if not req.host:
         runtime = runtime or runtimes.get_runtime(req.runtime)
-        image_info = runtime.image(plan.image)  # before anything is written
+        image_info = runtime.image(plan.image)  # before anything is written; dry runs too
+    if request.dry_run:
+        return SortOutcome(plan, EXIT_SORTED)
     out.mkdir(parents=True, exist_ok=True)
     if req.overwrite:
         records.clear_previous(out)
