@@ -134,12 +134,18 @@ def test_array_job_failure_and_resume(tmp_path, slurm_cluster, kilosort4_image, 
     assert len(record.read(record.default_folder(listing)).submissions) == 2
 
 
-def test_dry_run_prints_the_script_and_submits_nothing(tmp_path, slurm_cluster, simulated):
+def test_dry_run_prints_the_script_and_submits_nothing(
+    tmp_path, slurm_cluster, simulated, kilosort4_image
+):
     listing = write_list(tmp_path, simulated, ["a", "b"])
+    absent = invoke("sort-batch", str(listing), "--dry-run", "--image", "lab/kilosort4:absent")
+    assert "row 1: image lab/kilosort4:absent is not present" in support.one_error_line(absent)
     done = invoke(
         "sort-batch",
         str(listing),
         "--dry-run",
+        "--image",
+        kilosort4_image,
         "--max-parallel",
         "1",
         "--time",
