@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,28 +9,14 @@ import pytest
 from kilosort_docker import commands
 from kilosort_docker.errors import UserError
 from kilosort_docker.images import build
+from tests import support
 from tests.support import leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+invoke = support.invoke
+one_error_line = support.one_error_line
 
 
 def test_unknown_profile():

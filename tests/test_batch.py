@@ -18,27 +18,16 @@ from kilosort_docker.batch import apptainer, script, status
 from kilosort_docker.batch.recordings import Row, read_list
 from kilosort_docker.batch.script import BatchOptions, array_spec, render, sort_argv
 from kilosort_docker.errors import UserError
+from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return support.invoke(*args, env=env, timeout=120)
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+one_error_line = support.one_error_line
 
 
 def make_list(folder: Path, names=("a", "b"), *, outs=None, suffix=".toml") -> Path:

@@ -10,16 +10,15 @@ sorts untouched.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kilosort_docker.batch import record
 from kilosort_docker.groundtruth.simulate import SimulationParams, simulate
+from tests import support
 
 pytestmark = [pytest.mark.docker, pytest.mark.slurm]
 
@@ -31,15 +30,8 @@ SETTINGS = {"nblocks": 0}
 WAIT_S = 1500
 
 
-def invoke(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),  # SLURM_CONF: the cluster's
-        timeout=timeout,
-    )
+def invoke(*args: str, timeout: float = 300):
+    return support.invoke(*args, timeout=timeout)  # SLURM_CONF: the cluster's, from os.environ
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +134,18 @@ def test_array_job_failure_and_resume(tmp_path, slurm_cluster, kilosort4_image, 
     assert len(record.read(record.default_folder(listing)).submissions) == 2
 
 
-def test_dry_run_prints_the_script_and_submits_nothing(tmp_path, slurm_cluster, simulated):
+def test_dry_run_prints_the_script_and_submits_nothing(
+    tmp_path, slurm_cluster, simulated, kilosort4_image
+):
     listing = write_list(tmp_path, simulated, ["a", "b"])
+    absent = invoke("sort-batch", str(listing), "--dry-run", "--image", "lab/kilosort4:absent")
+    assert "row 1: image lab/kilosort4:absent is not present" in support.one_error_line(absent)
     done = invoke(
         "sort-batch",
         str(listing),
         "--dry-run",
+        "--image",
+        kilosort4_image,
         "--max-parallel",
         "1",
         "--time",

@@ -37,24 +37,13 @@ FULL = "c43f52452e474024a75ffed4152bce1ebede4eed"  # the pinned commit of Kiloso
 SHA256 = "sha256:" + "ab" * 32
 
 
-def invoke(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MLM_LICENSE_FILE": ""},
-        timeout=300,
-    )
+def invoke(*args: str):
+    return support.invoke(*args, env={"MLM_LICENSE_FILE": ""})
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
+def one_error_line(result) -> str:
     """The single ``error: ...`` line of a refused command (no traceback, exit 1)."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    return support.one_error_line(result, code=1)
 
 
 # --- Docker's reference grammar ------------------------------------------------------------

@@ -8,11 +8,13 @@ Everything is re-exported here; the modules split it by area:
 - ``images``: test image names, a debootstrapped Debian, the test Python base, builds.
 - ``standins``: the Kilosort3 chain on stand-ins (MATLAB base, mex API, mex files) and its plan.
 - ``release``: a local server answering like GitHub's and PyPI's APIs, for bump and release.
+- ``cli``: running the invoke tasks as a user does; a refusal's one error line.
 - ``toolkits``: Debian's CUDA 11.8 as a runfile-style toolkit folder (R2022b's gencode list).
 
 Fixtures are in ``tests/conftest.py``.
 """
 
+from .cli import invoke, one_error_line
 from .images import (
     DEBIAN_IMAGE,
     MATLAB_STANDIN_IMAGE,
@@ -66,6 +68,8 @@ from .toolkits import (
 )
 
 __all__ = [
+    "invoke",
+    "one_error_line",
     "COMMITS",
     "DEBIAN_CUDA_FOLDER",
     "DEBIAN_CUDA_HOST_COMPILER",
