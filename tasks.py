@@ -617,7 +617,8 @@ BATCH_HELP = {
         "cpus_per_task": "CPUs per task (default 1)",
         "time": "time limit per task, sbatch's format, e.g. 2:00:00",
         "mem": "memory per task, sbatch's format, e.g. 32G",
-        "max_parallel": "run at most N tasks at once (the array's %N throttle; default no limit)",
+        "max_parallel": "run at most N tasks at once (the array's %N throttle; default 0: no "
+        "limit)",
         "image": "image of the rows that name none (for apptainer: a .sif file)",
         "resume": "submit again only the recordings without a completion marker that are "
         "neither pending nor running; a finished one is never rerun",

@@ -518,3 +518,27 @@ def test_a_kilosort3_row_without_gpus_names_gpus_per_task(tmp_path):
     rows = [dataclasses.replace(rows[0], sorter="kilosort3")]
     with pytest.raises(UserError, match="row 1 .*pass --gpus-per-task 1"):
         submit.validate_rows(rows, BatchOptions())
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_reads(tmp_path):
+    path = make_list(tmp_path, ("a",), suffix=".csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [r.recording.name for r in read_list(path)] == ["a.bin"]
+
+
+def test_a_refused_submission_leaves_no_script(tmp_path, monkeypatch):
+    from kilosort_docker.batch import slurm, submit
+
+    rows = read_list(make_list(tmp_path, ("a",)))
+    monkeypatch.setattr(submit, "read_list", lambda path: rows)
+    monkeypatch.setattr(slurm, "require", lambda program: None)
+    monkeypatch.setattr(submit, "check_runtime", lambda runtime: None)
+    monkeypatch.setattr(submit, "validate_rows", lambda rows, options: None)
+
+    def refuse(script):
+        raise UserError("sbatch: error: Batch job submission failed: Invalid partition name")
+
+    monkeypatch.setattr(slurm, "submit", refuse)
+    with pytest.raises(UserError, match="Invalid partition"):
+        submit.sort_batch(tmp_path / "list.toml", BatchOptions(), folder=tmp_path / "b")
+    assert not (tmp_path / "b" / "job-pending.sbatch").exists()

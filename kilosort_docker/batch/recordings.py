@@ -155,7 +155,8 @@ def _read_toml(source: Path) -> tuple[list[dict], dict]:
 
 
 def _read_csv(source: Path) -> tuple[list[dict], dict]:
-    with source.open(newline="") as handle:
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, not part of a name
+    with source.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:
             return [], {}

@@ -182,7 +182,11 @@ def sort_batch(
         (folder / sub).mkdir(parents=True, exist_ok=True)
     pending = folder / "job-pending.sbatch"
     pending.write_text(script)
-    job_id = slurm.submit(pending)
+    try:
+        job_id = slurm.submit(pending)
+    except BaseException:
+        pending.unlink(missing_ok=True)  # refused: leave no script that looks submitted
+        raise
     script_path = folder / f"job-{job_id}.sbatch"
     pending.rename(script_path)
     submission = record.Submission(
