@@ -173,17 +173,6 @@ def release_record(
     return recorded
 
 
-def _image_exists(client, ref: str) -> bool:
-    """Whether the engine has ``ref``; UserError if the engine cannot say."""
-    try:
-        client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.APIError as exc:
-        raise UserError(f"the Docker engine could not look up {ref}: {exc.explanation}") from None
-    return True
-
-
 def push(
     *,
     registry: str | None = None,
@@ -205,14 +194,7 @@ def push(
     pairs = push_mod.targets(the_plan, registry=registry, namespace=remote_ns)
     if dry_run:
         push_mod.credentials()  # checks the variables without showing them
-        client = engine.connect()
-        missing = [local for local, _ in pairs if not _image_exists(client, local)]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise UserError(
-                f"not built here: {', '.join(missing[:3])}{more}: run `invoke build` (with the "
-                "same --profile and --image), or push only what was built with --image"
-            )
+        push_mod.check_built(engine.connect(), pairs)
         for local, remote in pairs:
             ui.console.print(f"would push {local} as {remote}", markup=False, soft_wrap=True)
         return []

@@ -25,11 +25,9 @@ PARAMS = SimulationParams(
 
 
 @pytest.fixture
-def image(request):
-    try:
-        return request.getfixturevalue("kilosort4_image")
-    except pytest.FixtureLookupError:
-        pytest.skip("no kilosort4_image fixture (the image is built by tests/conftest.py)")
+def image(kilosort4_image):
+    """The kilosort4 image the suite builds (``kilosort4_image`` in tests/conftest.py)."""
+    return kilosort4_image
 
 
 @pytest.mark.docker

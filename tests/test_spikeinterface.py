@@ -94,11 +94,9 @@ def test_the_kilosort4_build_carries_the_pinned_spikeinterface():
 
 
 @pytest.fixture
-def image(request):
-    try:
-        return request.getfixturevalue("kilosort4_image")
-    except pytest.FixtureLookupError:
-        pytest.skip("no kilosort4_image fixture (the image is built by tests/conftest.py)")
+def image(kilosort4_image):
+    """The kilosort4 image the suite builds (``kilosort4_image`` in tests/conftest.py)."""
+    return kilosort4_image
 
 
 def _as_user(uid: int) -> list[str]:

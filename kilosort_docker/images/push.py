@@ -125,6 +125,18 @@ def push_ref(
     return digest
 
 
+def check_built(client: docker.DockerClient, pairs: list[tuple[str, str]]) -> None:
+    """Raise UserError (one line, the first three named) unless every local reference of
+    ``pairs`` (from :func:`targets`) is on the engine: what a push, or its dry run, needs."""
+    missing = [local for local, _ in pairs if not engine.image_exists(client, local)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(
+            f"not built here: {', '.join(missing[:3])}{more}: run `invoke build` (with the "
+            "same --profile and --image), or push only what was built with --image"
+        )
+
+
 def push(
     plan: BuildPlan,
     client: docker.DockerClient,
@@ -140,9 +152,7 @@ def push(
     """
     auth = credentials()
     pairs = targets(plan, registry=registry, namespace=namespace)
-    for local, _ in pairs:
-        if not engine.image_exists(client, local):
-            raise UserError(f"{local} is not built: run `invoke build` first")
+    check_built(client, pairs)
     added: list[str] = []
     results: list[Pushed] = []
     try:

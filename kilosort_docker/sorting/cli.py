@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kilosort_docker.errors import UserError
-from kilosort_docker.sorting import runner, runtimes
+from kilosort_docker.sorting import runner
 from kilosort_docker.sorting.runner import (
     DEVICES,
     EXIT_BAD_INPUT,
@@ -135,9 +135,7 @@ def execute(request: SortRequest) -> int:
 
     try:
         if request.dry_run:
-            plan = runner.validate(request)
-            if not request.host:  # the image must be there: a dry run that passes, runs
-                runtimes.get_runtime(request.runtime).image(plan.image)
+            plan = runner.sort(request).plan  # checks only, the image's presence included
             ui.console.print(plan.describe(), markup=False, highlight=False, soft_wrap=True)
             ui.console.print("dry run: nothing was run or written", markup=False)
             return EXIT_SORTED
